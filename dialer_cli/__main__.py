@@ -1,0 +1,3 @@
+from dialer_cli.cli import main
+
+main()

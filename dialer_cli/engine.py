@@ -1,0 +1,327 @@
+"""The scheduling loop: keep N calls in flight, poll them, reconcile what we are unsure of.
+
+`Dialer.tick()` is one pass and takes its time from an injected clock, so tests step it; `run()`
+is the only loop. The engine never sees the twilio package: it talks to anything shaped like
+`Calls`, which in the product and in every test is the real adapter over HTTP.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dialer_cli.errors import AccountError, BusyError, TwilioFailure
+from dialer_cli.models import (
+    OUTCOME_OF_STATUS,
+    CallInfo,
+    CallParams,
+    Claim,
+    Event,
+    JobState,
+    LiveCall,
+    RunStatus,
+    lead_name,
+)
+from dialer_cli.store import Store
+
+
+class Calls(Protocol):
+    """What the loop needs from Twilio; `twilio_adapter.TwilioCalls` provides it."""
+
+    def create(self, to: str, from_: str, params: CallParams) -> CallInfo: ...
+    def fetch(self, sid: str) -> CallInfo: ...
+    def recent(self, to: str, from_: str, since: float) -> list[CallInfo]: ...
+    def end(self, sid: str, answered: bool) -> CallInfo: ...
+
+
+@dataclass(frozen=True)
+class Options:
+    poll_interval: float = 2.0
+    reconcile_grace: float = 30.0
+    clock_skew: float = 60.0  # how far Twilio's date_created may trail our claim time
+    max_attempts: int = 1
+    retry_on: tuple[str, ...] = ("busy", "no-answer")
+    retry_delay: float = 900.0
+    heartbeat_every: float = 5.0
+    max_backoff: float = 60.0
+
+
+@dataclass
+class Tick:
+    events: list[Event] = field(default_factory=list)
+    done: bool = False
+    status: str = RunStatus.RUNNING
+    next_wake: float = 0.0
+
+
+class Dialer:
+    """Drives one run. The caller holds the run's lock and has called `store.take_over`."""
+
+    def __init__(
+        self,
+        store: Store,
+        calls: Calls,
+        run_id: int,
+        owner_id: str,
+        *,
+        options: Options,
+        params_for: Callable[[Claim], CallParams],
+        pick_from: Callable[[str], str],
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ):
+        self.store, self.calls, self.run_id, self.owner_id = store, calls, run_id, owner_id
+        self.options, self.params_for, self.pick_from, self.clock = (
+            options,
+            params_for,
+            pick_from,
+            clock,
+        )
+        self.rng = rng or random.Random()
+        self.draining = False  # Ctrl-C / SIGTERM / deadline: dial nothing new, let calls finish
+        self._next_poll: dict[str, float] = {}  # call token -> when to ask Twilio again
+        self._failures: dict[str, int] = {}  # call token -> consecutive transient errors
+        self._ended: set[str] = set()  # SIDs we asked Twilio to end (stop --cancel-active)
+        self._create_blocked_until = 0.0
+        self._last_heartbeat = -1e18
+
+    def drain(self) -> None:
+        self.draining = True
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def tick(self) -> Tick:
+        now = self.clock()
+        tick = Tick(next_wake=now + self.options.poll_interval)
+        self._heartbeat(now)
+        run = self.store.get_run(self.run_id)
+        for call in self.store.live_calls(self.run_id):
+            self._settle(call, now, tick, cancel=run.stop_mode == "cancel")
+        if run.status == RunStatus.RUNNING and not self.draining:
+            self._fill(now, tick)
+        self._finish_if_done(run.status, now, tick)
+        return tick
+
+    def _heartbeat(self, now: float) -> None:
+        if now - self._last_heartbeat < self.options.heartbeat_every:
+            return
+        if not self.store.heartbeat(self.run_id, self.owner_id, now):
+            raise BusyError(f"run {self.run_id} was taken over by another process; stopping here")
+        self._last_heartbeat = now
+
+    def _settle(self, call: LiveCall, now: float, tick: Tick, *, cancel: bool) -> None:
+        if call.result == "unknown" and call.job_state == JobState.DIALING:
+            if (call.next_at or 0) <= now:
+                self._reconcile(call, now, tick)
+            else:
+                tick.next_wake = min(tick.next_wake, call.next_at or now)
+            return
+        if call.sid is None or call.twilio_status in OUTCOME_OF_STATUS:
+            return  # being created right now, or a review candidate already ended
+        if cancel and call.sid not in self._ended:
+            self._end(call, now, tick)
+        due = self._next_poll.get(call.token, now)
+        if due <= now:
+            self._poll(call, now, tick)
+        tick.next_wake = min(tick.next_wake, self._next_poll.get(call.token, now))
+
+    # -- polling ------------------------------------------------------------------------------
+
+    def _poll(self, call: LiveCall, now: float, tick: Tick) -> None:
+
+        assert call.sid is not None
+        try:
+            info = self.calls.fetch(call.sid)
+        except TwilioFailure as failure:
+            self._on_poll_failure(call, failure, now, tick)
+            return
+        self._failures.pop(call.token, None)
+        if info.terminal:
+            self._ended_call(call, info, now, tick)
+            return
+        if info.status != call.twilio_status:
+            self.store.update_status(call, info, now)
+        self._next_poll[call.token] = now + self.options.poll_interval
+
+    def _on_poll_failure(
+        self, call: LiveCall, failure: TwilioFailure, now: float, tick: Tick
+    ) -> None:
+        if failure.kind == "account":
+            self._fail_run(str(failure), now)
+        if failure.kind == "not_found":
+            self.store.fail_call(call, f"Twilio does not know call {call.sid}", now)
+            self._emit(tick, "call-ended", now, call, outcome="failed", error=str(failure))
+            return
+        delay = self._backoff(call.token, failure.retry_after)
+        self._next_poll[call.token] = now + delay
+        self._emit(tick, "poll-retry", now, call, error=str(failure), retry_in=round(delay, 2))
+
+    def _ended_call(self, call: LiveCall, info: CallInfo, now: float, tick: Tick) -> None:
+        outcome = OUTCOME_OF_STATUS[info.status]
+        retry_at = None
+        if (
+            call.job_state == JobState.CALLING
+            and outcome.value in self.options.retry_on
+            and call.attempts < self.options.max_attempts
+        ):
+            retry_at = now + self.options.retry_delay
+        self.store.end_call(call, info, now, retry_at)
+        self._next_poll.pop(call.token, None)
+        extra = {"retry_at": retry_at} if retry_at else {}
+        self._emit(
+            tick,
+            "call-ended",
+            now,
+            call,
+            sid=info.sid,
+            outcome=outcome.value,
+            duration=info.duration,
+            **extra,
+        )
+
+    def _end(self, call: LiveCall, now: float, tick: Tick) -> None:
+        assert call.sid is not None
+        try:
+            self.calls.end(call.sid, answered=call.twilio_status == "in-progress")
+        except Exception as failure:  # noqa: BLE001 - retried on the next pass
+            self._emit(tick, "cancel-retry", now, call, error=str(failure))
+            return
+        self._ended.add(call.sid)
+        self._next_poll[call.token] = now  # see the result in this very pass
+        self._emit(tick, "call-canceling", now, call, sid=call.sid)
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    def _reconcile(self, call: LiveCall, now: float, tick: Tick) -> None:
+        """Find out whether a create whose answer we never saw placed a call.
+
+        One match: adopt it. None on two checks a grace period apart: no call exists, the lead
+        may be dialled again. Several: a person must decide; never redial.
+        """
+
+        since = call.claimed_at - self.options.clock_skew
+        try:
+            found = self.calls.recent(call.to, call.from_number, since)
+        except TwilioFailure as failure:
+            if failure.kind == "account":
+                self._fail_run(str(failure), now)
+            delay = self._backoff(call.token, failure.retry_after)
+            self.store.mark_unknown(call.token, str(failure), now + delay, now)
+            return
+        known = self.store.known_sids(call.to)
+        mine = [c for c in found if c.sid not in known and c.direction in (None, "outbound-api")]
+        if len(mine) == 1:
+            self.store.adopt(call.token, mine[0], now)
+            self._next_poll[call.token] = now
+            self._emit(tick, "call-adopted", now, call, sid=mine[0].sid)
+        elif len(mine) > 1:
+            self.store.hold_for_review(call.token, mine, now)
+            self._emit(tick, "call-needs-review", now, call, sids=[c.sid for c in mine])
+        elif self.store.checked(call.token, now + self.options.reconcile_grace, now) >= 2:
+            self.store.release(call.token, now, "none_found", now)
+            self._emit(tick, "call-not-placed", now, call)
+
+    # -- filling slots ------------------------------------------------------------------------
+
+    def _fill(self, now: float, tick: Tick) -> None:
+        while now >= self._create_blocked_until:
+            claim = self.store.claim(self.run_id, self.owner_id, now, self.pick_from)
+            if claim is None:
+                return
+            if not self._place(claim, now, tick):
+                return
+        tick.next_wake = min(tick.next_wake, self._create_blocked_until)
+
+    def _place(self, claim: Claim, now: float, tick: Tick) -> bool:
+        """Send the create for a committed claim; False when creates must pause."""
+
+        base = {"to": claim.to, "name": lead_name(claim.fields), "attempt": claim.attempt}
+        try:
+            info = self.calls.create(claim.to, claim.from_number, self.params_for(claim))
+        except TwilioFailure as failure:
+            return self._on_create_failure(claim, failure, now, tick, base)
+        self.store.save_sid(claim, info, now)
+        self._next_poll[claim.token] = now + self.options.poll_interval
+        tick.events.append(Event("call-placed", now, self.run_id, {**base, "sid": info.sid}))
+        return True
+
+    def _on_create_failure(
+        self, claim: Claim, failure: TwilioFailure, now: float, tick: Tick, base: dict[str, object]
+    ) -> bool:
+        kind, code = failure.kind, failure.code
+        data = {**base, "error": str(failure), "code": code}
+        if kind == "rejected":
+            self.store.reject(claim.token, code, failure.message, now)
+            tick.events.append(Event("call-rejected", now, self.run_id, data))
+            return True
+        if kind == "unknown":
+            self.store.mark_unknown(claim.token, str(failure), now, now)
+            tick.events.append(Event("call-unknown", now, self.run_id, data))
+            return True
+        if kind == "retry":
+            delay = self._backoff("create", failure.retry_after)
+            self.store.release(claim.token, now + delay, "retry", now)
+            self._create_blocked_until = now + delay
+            tick.events.append(Event("create-retry", now, self.run_id, {**data, "retry_in": delay}))
+            return False
+        self.store.release(claim.token, now, "refused", now)
+        self._fail_run(str(failure), now)
+        return False
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _finish_if_done(self, status: str, now: float, tick: Tick) -> None:
+        counts = self.store.counts(self.run_id)
+        if counts["in_progress"]:
+            return
+        if status == RunStatus.STOPPING or self.draining:
+            final = RunStatus.STOPPED
+        elif counts["queued"] == 0:
+            final = RunStatus.COMPLETED
+        else:
+            due = self.store.next_due(self.run_id)
+            if due is not None and due > now:
+                tick.next_wake = min(tick.next_wake, due)
+            return
+        self.store.set_status(self.run_id, final, now, owner_id=self.owner_id)
+        tick.done, tick.status = True, final
+        tick.events.append(Event("run-finished", now, self.run_id, {"status": final, **counts}))
+
+    def _fail_run(self, message: str, now: float) -> None:
+        self.store.set_status(self.run_id, RunStatus.FAILED, now, message, self.owner_id)
+        raise AccountError(f"run {self.run_id} failed: {message}; fix it, then dialer resume")
+
+    def _backoff(self, key: str, retry_after: float | None) -> float:
+        """Exponential back-off with full jitter, or what Twilio asked for."""
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        if retry_after is not None:
+            return max(retry_after, 0.0)
+        cap = min(self.options.max_backoff, self.options.poll_interval * 2**n)
+        return self.options.poll_interval + self.rng.uniform(0, cap)
+
+    def _emit(self, tick: Tick, kind: str, now: float, call: LiveCall, **data: object) -> None:
+        base: dict[str, object] = {"to": call.to, "name": call.name}
+        tick.events.append(Event(kind, now, self.run_id, {**base, **data}))
+
+
+def run(
+    dialer: Dialer,
+    *,
+    sleep: Callable[[float], None],
+    on_event: Callable[[Event], None],
+    should_drain: Callable[[], bool] = lambda: False,
+) -> str:
+    """The only loop: tick, report, sleep until something is due. Returns the final run status."""
+    while True:
+        if should_drain():
+            dialer.drain()
+        tick = dialer.tick()
+        for event in tick.events:
+            on_event(event)
+        if tick.done:
+            return tick.status
+        delay = min(tick.next_wake - dialer.clock(), dialer.options.poll_interval)
+        sleep(max(delay, 0.0))

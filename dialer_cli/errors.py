@@ -1,0 +1,70 @@
+"""Errors a user sees as one line, each carrying the exit code the README documents.
+
+Exit codes are a contract shared by every command: 0 done, 1 runtime failure, 2 bad input or
+usage, 3 stopped before done, 4 busy, 130 interrupted twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+EXIT_BUSY = 4
+EXIT_INTERRUPTED = 130
+
+
+class DialerError(Exception):
+    """Base class: the message is shown as one line on stderr, never with a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+
+class InputError(DialerError):
+    """Bad input the user can fix: a file, a flag, a config key. Nothing was written."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(InputError):
+    """A configuration file or setting is wrong (unknown key, wrong type, missing credential)."""
+
+
+class LeadsError(InputError):
+    """A lead source cannot be read (encoding, missing phone column, malformed CSV, bad query)."""
+
+
+class BusyError(DialerError):
+    """Another process drives this run, or the source already has an unfinished run."""
+
+    exit_code = EXIT_BUSY
+
+
+class StoreError(DialerError):
+    """The database cannot be used (locked past the timeout, full, read-only, too new)."""
+
+
+class AccountError(DialerError):
+    """Twilio refused the account or the From number: the run stops, resumable once fixed."""
+
+
+@dataclass
+class TwilioFailure(Exception):
+    """A request Twilio did not complete, classified by what is safe to do next.
+
+    kind: "account" (credentials, From number, account state: the run stops), "rejected" (this
+    lead only), "retry" (certainly not processed: back off and retry), "unknown" (a create that
+    may have placed a call: reconcile, never resend blindly), "not_found".
+    """
+
+    kind: str
+    message: str
+    code: int | None = None
+    status: int | None = None
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        code = f" (Twilio error {self.code})" if self.code else ""
+        return f"{self.message}{code}"

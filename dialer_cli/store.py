@@ -1,0 +1,749 @@
+"""The SQLite state machine: runs, jobs (one per lead) and calls (one per create attempt).
+
+Every rule that keeps the promises lives in a write transaction here: the claim counts the
+calls in flight and takes the next lead in one `BEGIN IMMEDIATE`, and it is committed (with
+`synchronous=FULL`) before the create request leaves, so a crash can never hide a call.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from dialer_cli.errors import InputError, StoreError
+from dialer_cli.models import (
+    IN_FLIGHT,
+    OUTCOME_OF_STATUS,
+    TWILIO_TERMINAL,
+    CallInfo,
+    Claim,
+    JobState,
+    Lead,
+    LiveCall,
+    Outcome,
+    Run,
+    RunStatus,
+)
+
+SCHEMA_VERSION = 1
+LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
+
+SCHEMA_V1 = f"""
+CREATE TABLE runs (
+  id INTEGER PRIMARY KEY,
+  source TEXT NOT NULL,
+  source_key TEXT NOT NULL,
+  campaign TEXT,
+  status TEXT NOT NULL,
+  concurrency INTEGER NOT NULL,
+  target TEXT NOT NULL,
+  base_url TEXT,
+  from_number TEXT,
+  settings TEXT NOT NULL DEFAULT '{{}}',
+  error TEXT,
+  owner_id TEXT, owner_pid INTEGER, owner_host TEXT, heartbeat_at REAL,
+  stop_mode TEXT,
+  created_at REAL NOT NULL, started_at REAL, finished_at REAL
+);
+CREATE INDEX runs_source ON runs(source_key, status);
+CREATE INDEX runs_campaign ON runs(campaign, status);
+CREATE TABLE jobs (
+  id INTEGER PRIMARY KEY,
+  run_id INTEGER NOT NULL REFERENCES runs(id),
+  line INTEGER NOT NULL,
+  phone TEXT NOT NULL,
+  e164 TEXT,
+  name TEXT NOT NULL DEFAULT '',
+  fields TEXT NOT NULL,
+  state TEXT NOT NULL,
+  outcome TEXT,
+  skip_reason TEXT, skip_detail TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_at REAL,
+  token TEXT,
+  call_sid TEXT, twilio_status TEXT, status_at REAL,
+  error_code INTEGER, error_message TEXT,
+  updated_at REAL
+);
+CREATE INDEX jobs_run_state ON jobs(run_id, state, outcome);
+CREATE UNIQUE INDEX jobs_live_number ON jobs(e164) WHERE state IN {LIVE};
+CREATE TABLE calls (
+  id INTEGER PRIMARY KEY,
+  token TEXT NOT NULL UNIQUE,
+  job_id INTEGER NOT NULL REFERENCES jobs(id),
+  run_id INTEGER NOT NULL REFERENCES runs(id),
+  to_number TEXT NOT NULL,
+  from_number TEXT NOT NULL,
+  claimed_at REAL NOT NULL,
+  result TEXT NOT NULL DEFAULT 'pending',
+  call_sid TEXT,
+  twilio_status TEXT,
+  checks INTEGER NOT NULL DEFAULT 0,
+  started_at REAL, ended_at REAL, duration_s INTEGER, answered_by TEXT,
+  error_code INTEGER, error_message TEXT
+);
+CREATE INDEX calls_run ON calls(run_id, id);
+CREATE INDEX calls_job ON calls(job_id);
+CREATE INDEX calls_sid ON calls(call_sid);
+CREATE TABLE dnc (e164 TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT);
+"""
+
+MIGRATIONS: list[str] = [SCHEMA_V1]
+
+_RUN_COLUMNS = (
+    "id, source, source_key, campaign, status, concurrency, target, base_url, from_number, "
+    "settings, error, owner_pid, owner_host, heartbeat_at, stop_mode, created_at, started_at, "
+    "finished_at"
+)
+
+
+def _run(row: sqlite3.Row) -> Run:
+    data = dict(row)
+    data["settings"] = json.loads(data["settings"] or "{}")
+    return Run(**data)
+
+
+def _explain(exc: sqlite3.Error, path: str) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"database {path} is locked by another process; nothing was changed, try again"
+    if "full" in text:
+        return f"database {path}: disk full; nothing recorded was lost, free space and resume"
+    if "readonly" in text or "read-only" in text:
+        return f"database {path} cannot be written (read-only)"
+    if "unable to open" in text:
+        return f"cannot open database {path}"
+    return f"database {path}: {text}"
+
+
+class Store:
+    """All reads and writes of dialer state. Returns models, never cursors."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str):
+        self.conn = conn
+        self.path = path
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str, *, readonly: bool = False, timeout: float = 30.0) -> Store:
+        """Open (and create or migrate) the database; read-only opens never write."""
+        path = str(path)
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old; dialer needs 3.35+")
+        if Path(path).is_dir():
+            raise StoreError(f"cannot open database {path}: it is a directory")
+        try:
+            if readonly:
+                if not Path(path).exists():
+                    raise InputError(f"no database at {path}; start a run first or pass --db")
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=timeout, isolation_level=None
+                )
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            store = cls(conn, path)
+            store._prepare(readonly)
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(exc, path)) from None
+        except OSError as exc:
+            raise StoreError(f"cannot open database {path}: {exc.strerror}") from None
+        return store
+
+    def _prepare(self, readonly: bool) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} was written by a newer dialer (schema {version}, "
+                f"this one knows {SCHEMA_VERSION}); upgrade dialer"
+            )
+        if readonly:
+            if version < SCHEMA_VERSION:
+                raise StoreError(f"database {self.path} needs a migration; run any write command")
+            return
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")  # a claim lost to power loss is a double dial
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        # Two processes may open a new database at once: the version is re-read under the lock.
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front (no SQLITE_BUSY_SNAPSHOT later)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(exc, self.path)) from None
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(exc, self.path)) from None
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        source: str,
+        source_key: str,
+        leads: Iterable[Lead],
+        target: str,
+        base_url: str | None,
+        from_number: str | None,
+        concurrency: int,
+        settings: dict[str, object],
+        now: float,
+        campaign: str | None = None,
+        skip: Callable[[Lead], tuple[str, str] | None] | None = None,
+    ) -> int:
+        """Import every lead and create the run in one transaction: all or nothing."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (source, source_key, campaign, status, concurrency, target, "
+                "base_url, from_number, settings, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    source,
+                    source_key,
+                    campaign,
+                    RunStatus.STOPPED,
+                    concurrency,
+                    target,
+                    base_url,
+                    from_number,
+                    json.dumps(settings),
+                    now,
+                ),
+            )
+            run_id = int(cur.lastrowid or 0)
+            rows = (self._job_row(run_id, lead, skip, now) for lead in leads)
+            while batch := list(islice(rows, 5000)):
+                conn.executemany(
+                    "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, "
+                    "skip_reason, skip_detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    batch,
+                )
+        return run_id
+
+    @staticmethod
+    def _job_row(
+        run_id: int,
+        lead: Lead,
+        skip: Callable[[Lead], tuple[str, str] | None] | None,
+        now: float,
+    ) -> tuple[Any, ...]:
+        reason, detail = lead.skip_reason, lead.skip_detail
+        if reason is None and skip is not None and (rule := skip(lead)) is not None:
+            reason, detail = rule
+        state = JobState.SKIPPED if reason else JobState.QUEUED
+        fields = json.dumps(lead.fields, ensure_ascii=False)
+        return (
+            run_id,
+            lead.line,
+            lead.phone,
+            lead.e164,
+            lead.name,
+            fields,
+            state,
+            reason,
+            detail,
+            now,
+        )
+
+    def delete_run(self, run_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
+            conn.execute("DELETE FROM jobs WHERE run_id=?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    def get_run(self, run_id: int) -> Run:
+        rows = self.read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
+        if not rows:
+            raise InputError(f"no run {run_id} in {self.path}; `dialer runs` lists them")
+        return _run(rows[0])
+
+    def runs(self) -> list[Run]:
+        return [_run(r) for r in self.read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC")]
+
+    def latest_run(
+        self, *, source_key: str | None = None, campaign: str | None = None
+    ) -> Run | None:
+        column, value = ("campaign", campaign) if campaign else ("source_key", source_key)
+        rows = self.read(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {column}=? ORDER BY id DESC LIMIT 1", (value,)
+        )
+        return _run(rows[0]) if rows else None
+
+    def take_over(
+        self,
+        run_id: int,
+        owner_id: str,
+        pid: int,
+        host: str,
+        now: float,
+        stop_mode: str | None = None,
+    ) -> Run:
+        """Make this process the run's driver (the caller holds the run's OS lock).
+
+        Attempts left `pending` by a dead driver may have reached Twilio: they become `unknown`
+        and are reconciled before anything new is dialled. With `stop_mode` the driver only
+        settles what is in flight (`stop --cancel-active`, `cleanup-stuck`).
+        """
+        status = RunStatus.STOPPING if stop_mode else RunStatus.RUNNING
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status=?, owner_id=?, owner_pid=?, owner_host=?, heartbeat_at=?, "
+                "stop_mode=?, error=NULL, finished_at=NULL, started_at=coalesce(started_at, ?) "
+                "WHERE id=?",
+                (status, owner_id, pid, host, now, stop_mode, now, run_id),
+            )
+            conn.execute(
+                "UPDATE calls SET result='unknown' WHERE run_id=? AND result='pending'", (run_id,)
+            )
+        return self.get_run(run_id)
+
+    def set_concurrency(self, run_id: int, concurrency: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET concurrency=? WHERE id=?", (concurrency, run_id))
+
+    def heartbeat(self, run_id: int, owner_id: str, now: float) -> bool:
+        """Refresh the lease; False means another process took the run over."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET heartbeat_at=? WHERE id=? AND owner_id=?", (now, run_id, owner_id)
+            )
+        return cur.rowcount == 1
+
+    def request_stop(self, run_id: int, *, cancel: bool, driver_alive: bool, now: float) -> Run:
+        """Stop dialing new leads. Without a live driver there is nothing to drain: `stopped`."""
+        status = RunStatus.STOPPING if driver_alive else RunStatus.STOPPED
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status=?, stop_mode=?, finished_at=CASE WHEN ?='stopped' THEN ? "
+                "ELSE finished_at END WHERE id=? AND status IN ('running','stopping')",
+                (status, "cancel" if cancel else "drain", status, now, run_id),
+            )
+        return self.get_run(run_id)
+
+    def set_status(
+        self,
+        run_id: int,
+        status: str,
+        now: float,
+        error: str | None = None,
+        owner_id: str | None = None,
+    ) -> None:
+        """End the driver's tenure: the run's final or resumable status, and no owner."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status=?, error=?, finished_at=?, owner_id=NULL, owner_pid=NULL "
+                "WHERE id=? AND (? IS NULL OR owner_id=?)",
+                (status, error, now, run_id, owner_id, owner_id),
+            )
+
+    # -- the claim ----------------------------------------------------------------------------
+
+    def claim(
+        self, run_id: int, owner_id: str, now: float, pick_from: Callable[[str], str]
+    ) -> Claim | None:
+        """Take the next lead for dialing if a slot is free, or return None.
+
+        One `BEGIN IMMEDIATE` holds the check and the act together: the run is still running and
+        still ours, the account's calls in flight (dialing *and* calling, across every run that
+        dials through it) are below N, the number is not live anywhere, and it is not on the
+        do-not-call list. Only after COMMIT returns may the create request be sent.
+        """
+        with self.transaction() as conn:
+            run = conn.execute(
+                "SELECT status, owner_id, concurrency, target FROM runs WHERE id=?", (run_id,)
+            ).fetchone()
+            if run is None or run["status"] != RunStatus.RUNNING or run["owner_id"] != owner_id:
+                return None
+            if self._in_flight(conn, run["target"]) >= run["concurrency"]:
+                return None
+            job = self._next_job(conn, run_id, now)
+            if job is None:
+                return None
+            token = uuid.uuid4().hex
+            from_number = pick_from(job["e164"])
+            conn.execute(
+                "UPDATE jobs SET state='dialing', token=?, attempts=attempts+1, next_at=NULL, "
+                "call_sid=NULL, twilio_status=NULL, status_at=?, updated_at=? WHERE id=?",
+                (token, now, now, job["id"]),
+            )
+            conn.execute(
+                "INSERT INTO calls (token, job_id, run_id, to_number, from_number, claimed_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (token, job["id"], run_id, job["e164"], from_number, now),
+            )
+        return Claim(
+            job_id=job["id"],
+            run_id=run_id,
+            token=token,
+            to=job["e164"],
+            from_number=from_number,
+            attempt=job["attempts"] + 1,
+            fields=json.loads(job["fields"]),
+            claimed_at=now,
+        )
+
+    @staticmethod
+    def _in_flight(conn: sqlite3.Connection, target: str) -> int:
+        row = conn.execute(
+            f"SELECT count(*) FROM jobs j JOIN runs r ON r.id = j.run_id "
+            f"WHERE j.state IN {LIVE} AND r.target = ?",
+            (target,),
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _next_job(conn: sqlite3.Connection, run_id: int, now: float) -> sqlite3.Row | None:
+        while True:
+            job = conn.execute(
+                f"SELECT id, e164, attempts, fields FROM jobs WHERE run_id=? AND state='queued' "
+                f"AND coalesce(next_at, 0) <= ? "
+                f"AND e164 NOT IN (SELECT e164 FROM jobs WHERE state IN {LIVE}) "
+                f"ORDER BY id LIMIT 1",
+                (run_id, now),
+            ).fetchone()
+            if (
+                job is None
+                or not conn.execute("SELECT 1 FROM dnc WHERE e164=?", (job["e164"],)).fetchone()
+            ):
+                return job
+            conn.execute(
+                "UPDATE jobs SET state='skipped', skip_reason='do-not-call', "
+                "skip_detail='added to the do-not-call list during the run', updated_at=? "
+                "WHERE id=?",
+                (now, job["id"]),
+            )
+
+    # -- what the create request taught us ----------------------------------------------------
+
+    def save_sid(self, claim: Claim, info: CallInfo, now: float) -> bool:
+        """Record the SID the moment Twilio answers, fenced by the claim's token."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET result='created', call_sid=?, twilio_status=? WHERE token=?",
+                (info.sid, info.status, claim.token),
+            )
+            cur = conn.execute(
+                "UPDATE jobs SET state='calling', call_sid=?, twilio_status=?, status_at=?, "
+                "updated_at=? WHERE id=? AND token=? AND state='dialing'",
+                (info.sid, info.status, now, now, claim.job_id, claim.token),
+            )
+        return cur.rowcount == 1
+
+    def reject(self, token: str, code: int | None, message: str, now: float) -> None:
+        """Twilio refused this lead (no call exists): it fails for good."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET result='rejected', error_code=?, error_message=?, ended_at=? "
+                "WHERE token=?",
+                (code, message, now, token),
+            )
+            conn.execute(
+                "UPDATE jobs SET state='failed', outcome=?, error_code=?, error_message=?, "
+                "updated_at=? WHERE token=? AND state='dialing'",
+                (Outcome.REJECTED, code, message, now, token),
+            )
+
+    def release(self, token: str, next_at: float, result: str, now: float) -> None:
+        """No call exists for this attempt (429, or reconciliation found none): queue the lead
+        again without counting the attempt."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET result=?, ended_at=? WHERE token=?", (result, now, token)
+            )
+            conn.execute(
+                "UPDATE jobs SET state='queued', attempts=max(attempts-1, 0), next_at=?, "
+                "token=NULL, updated_at=? WHERE token=? AND state='dialing'",
+                (next_at, now, token),
+            )
+
+    def mark_unknown(self, token: str, message: str, next_at: float, now: float) -> None:
+        """The create may or may not have placed a call: keep the slot, reconcile later."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET result='unknown', error_message=? WHERE token=?", (message, token)
+            )
+            conn.execute(
+                "UPDATE jobs SET next_at=?, updated_at=? WHERE token=? AND state='dialing'",
+                (next_at, now, token),
+            )
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    def known_sids(self, to: str) -> set[str]:
+        rows = self.read(
+            "SELECT call_sid FROM calls WHERE to_number=? AND call_sid IS NOT NULL", (to,)
+        )
+        return {r[0] for r in rows}
+
+    def checked(self, token: str, next_at: float, now: float) -> int:
+        """Count a reconciliation check that found nothing; returns the number of checks."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE calls SET checks=checks+1 WHERE token=?", (token,))
+            conn.execute(
+                "UPDATE jobs SET next_at=?, updated_at=? WHERE token=?", (next_at, now, token)
+            )
+            row = conn.execute("SELECT checks FROM calls WHERE token=?", (token,)).fetchone()
+        return int(row[0])
+
+    def adopt(self, token: str, info: CallInfo, now: float) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET result='adopted', call_sid=?, twilio_status=? WHERE token=?",
+                (info.sid, info.status, token),
+            )
+            conn.execute(
+                "UPDATE jobs SET state='calling', call_sid=?, twilio_status=?, status_at=?, "
+                "next_at=NULL, updated_at=? WHERE token=? AND state='dialing'",
+                (info.sid, info.status, now, now, token),
+            )
+
+    def hold_for_review(self, claim_token: str, candidates: list[CallInfo], now: float) -> None:
+        """Several calls may be ours: never redial, keep the slot until all of them end."""
+        with self.transaction() as conn:
+            job = conn.execute(
+                "SELECT job_id, run_id, to_number, from_number FROM calls WHERE token=?",
+                (claim_token,),
+            ).fetchone()
+            conn.execute("UPDATE calls SET result='ambiguous' WHERE token=?", (claim_token,))
+            for info in candidates:
+                conn.execute(
+                    "INSERT INTO calls (token, job_id, run_id, to_number, from_number, claimed_at, "
+                    "result, call_sid, twilio_status) VALUES (?,?,?,?,?,?, 'candidate', ?, ?)",
+                    (uuid.uuid4().hex, *job, now, info.sid, info.status),
+                )
+            conn.execute(
+                "UPDATE jobs SET state='reviewing', next_at=NULL, error_message=?, updated_at=? "
+                "WHERE token=?",
+                (f"{len(candidates)} possible calls found after a lost response", now, claim_token),
+            )
+
+    # -- polling ------------------------------------------------------------------------------
+
+    def live_calls(self, run_id: int) -> list[LiveCall]:
+        """Everything of this run that holds a slot, with the call to ask Twilio about."""
+        rows = self.read(
+            f"SELECT j.id AS job_id, c.token, j.state AS job_state, c.result, c.call_sid AS sid, "
+            f"c.to_number AS 'to', c.from_number, c.twilio_status, c.claimed_at, c.checks, "
+            f"j.name, j.next_at, j.attempts FROM jobs j JOIN calls c "
+            f"ON ((j.state != 'reviewing' AND c.token = j.token) "
+            f"OR (j.state = 'reviewing' AND c.job_id = j.id AND c.result = 'candidate')) "
+            f"WHERE j.run_id=? AND j.state IN {LIVE} ORDER BY c.id",
+            (run_id,),
+        )
+        return [LiveCall(**dict(r)) for r in rows]
+
+    def update_status(self, call: LiveCall, info: CallInfo, now: float) -> None:
+        """A non-terminal status seen while polling (written only when it changed)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET twilio_status=?, started_at=coalesce(started_at, ?) "
+                "WHERE token=?",
+                (info.status, info.start_time.timestamp() if info.start_time else None, call.token),
+            )
+            if call.job_state == JobState.CALLING:
+                conn.execute(
+                    "UPDATE jobs SET twilio_status=?, status_at=?, updated_at=? WHERE token=?",
+                    (info.status, now, now, call.token),
+                )
+
+    def end_call(self, call: LiveCall, info: CallInfo, now: float, retry_at: float | None) -> None:
+        """Twilio reports the call terminal: the lead is done, or waits for its retry."""
+        outcome = _outcome(info.status)
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET twilio_status=?, started_at=?, ended_at=?, duration_s=?, "
+                "answered_by=? WHERE token=?",
+                (
+                    info.status,
+                    info.start_time.timestamp() if info.start_time else None,
+                    info.end_time.timestamp() if info.end_time else now,
+                    info.duration,
+                    info.answered_by,
+                    call.token,
+                ),
+            )
+            if call.job_state == JobState.REVIEWING:
+                self._settle_review(conn, call.job_id, now)
+                return
+            if retry_at is not None:
+                state, next_at = JobState.QUEUED, retry_at
+            else:
+                done = outcome == Outcome.ANSWERED
+                state, next_at = (JobState.COMPLETED if done else JobState.FAILED), None
+            conn.execute(
+                "UPDATE jobs SET state=?, outcome=?, twilio_status=?, status_at=?, next_at=?, "
+                "token=CASE WHEN ?='queued' THEN NULL ELSE token END, updated_at=? "
+                "WHERE id=? AND token=? AND state='calling'",
+                (state, outcome, info.status, now, next_at, state, now, call.job_id, call.token),
+            )
+
+    @staticmethod
+    def _settle_review(conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        statuses = [
+            r[0]
+            for r in conn.execute(
+                "SELECT twilio_status FROM calls WHERE job_id=? AND result='candidate'", (job_id,)
+            )
+        ]
+        if all(s in TWILIO_TERMINAL for s in statuses):
+            answered = "completed" in statuses
+            conn.execute(
+                "UPDATE jobs SET state='needs_review', outcome=?, updated_at=? WHERE id=?",
+                (Outcome.ANSWERED if answered else None, now, job_id),
+            )
+
+    def fail_call(self, call: LiveCall, message: str, now: float) -> None:
+        """Twilio no longer knows the SID: the lead fails with that reason (never redialled)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET error_message=?, ended_at=? WHERE token=?",
+                (message, now, call.token),
+            )
+            conn.execute(
+                "UPDATE jobs SET state='failed', outcome='failed', error_message=?, updated_at=? "
+                "WHERE id=? AND state IN ('calling','reviewing')",
+                (message, now, call.job_id),
+            )
+
+    # -- reading for status, runs, calls ------------------------------------------------------
+
+    def counts(self, run_id: int) -> dict[str, Any]:
+        """The run's counters, derived from the job rows so they cannot drift."""
+        rows = self.read(
+            "SELECT state, outcome, count(*) AS n FROM jobs WHERE run_id=? GROUP BY state, outcome",
+            (run_id,),
+        )
+        by_state: dict[str, int] = {}
+        outcomes = {o.value.replace("-", "_"): 0 for o in Outcome}
+        for state, outcome, n in rows:
+            by_state[state] = by_state.get(state, 0) + n
+            if outcome and state in (JobState.COMPLETED, JobState.FAILED):
+                outcomes[outcome.replace("-", "_")] += n
+        skipped = by_state.get(JobState.SKIPPED, 0)
+        return {
+            "queued": by_state.get(JobState.QUEUED, 0),
+            "in_progress": sum(by_state.get(s, 0) for s in IN_FLIGHT),
+            "dialing": by_state.get(JobState.DIALING, 0),
+            "calling": by_state.get(JobState.CALLING, 0),
+            "completed": by_state.get(JobState.COMPLETED, 0),
+            "failed": by_state.get(JobState.FAILED, 0),
+            "needs_review": by_state.get(JobState.NEEDS_REVIEW, 0)
+            + by_state.get(JobState.REVIEWING, 0),
+            "skipped": skipped,
+            "total_leads": sum(by_state.values()) - skipped,
+            "outcomes": outcomes,
+        }
+
+    def skip_reasons(self, run_id: int) -> dict[str, int]:
+        rows = self.read(
+            "SELECT skip_reason, count(*) FROM jobs WHERE run_id=? AND state='skipped' "
+            "GROUP BY skip_reason",
+            (run_id,),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def waiting(self, run_id: int, now: float) -> tuple[int, float | None]:
+        """Queued leads that may not be dialled yet, and when the first of them may."""
+        row = self.read(
+            "SELECT count(*), min(next_at) FROM jobs WHERE run_id=? AND state='queued' "
+            "AND next_at > ?",
+            (run_id, now),
+        )[0]
+        return int(row[0]), row[1]
+
+    def next_due(self, run_id: int) -> float | None:
+        row = self.read(
+            "SELECT min(next_at) FROM jobs WHERE run_id=? AND state IN ('queued','dialing')",
+            (run_id,),
+        )[0]
+        return row[0]
+
+    def skipped_leads(self, run_id: int, limit: int = 5) -> list[dict[str, Any]]:
+        rows = self.read(
+            "SELECT line, phone, skip_reason, skip_detail FROM jobs WHERE run_id=? "
+            "AND state='skipped' ORDER BY id LIMIT ?",
+            (run_id, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def calls_page(
+        self, run_id: int | None, page: int, size: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        where, params = ("WHERE c.run_id=?", [run_id]) if run_id is not None else ("", [])
+        total = self.read(f"SELECT count(*) FROM calls c {where}", params)[0][0]
+        rows = self.read(
+            f"SELECT c.call_sid, c.run_id, j.name AS lead_name, c.to_number AS 'to', "
+            f"c.twilio_status, c.result, c.claimed_at, c.started_at, c.ended_at, c.duration_s, "
+            f"c.error_code, c.error_message FROM calls c JOIN jobs j ON j.id = c.job_id {where} "
+            f"ORDER BY c.id DESC LIMIT ? OFFSET ?",
+            [*params, size, (page - 1) * size],
+        )
+        return [dict(r) for r in rows], int(total)
+
+    def recent_ended(self, run_id: int, limit: int = 5) -> list[dict[str, Any]]:
+        rows = self.read(
+            "SELECT j.name, c.to_number AS 'to', c.twilio_status, c.duration_s, c.ended_at, "
+            "c.error_code FROM calls c JOIN jobs j ON j.id=c.job_id WHERE c.run_id=? "
+            "AND c.ended_at IS NOT NULL ORDER BY c.ended_at DESC LIMIT ?",
+            (run_id, limit),
+        )
+        return [dict(r) for r in rows]
+
+    # -- do-not-call ---------------------------------------------------------------------------
+
+    def dnc_add(self, numbers: Iterable[str], source: str, now: float) -> int:
+        with self.transaction() as conn:
+            cur = conn.executemany(
+                "INSERT OR IGNORE INTO dnc (e164, added_at, source) VALUES (?,?,?)",
+                ((n, now, source) for n in numbers),
+            )
+        return cur.rowcount
+
+    def dnc_remove(self, numbers: Iterable[str]) -> int:
+        with self.transaction() as conn:
+            cur = conn.executemany("DELETE FROM dnc WHERE e164=?", ((n,) for n in numbers))
+        return cur.rowcount
+
+    def dnc_list(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.read("SELECT e164, added_at, source FROM dnc ORDER BY e164")]
+
+    def dnc_contains(self, e164: str) -> bool:
+        return bool(self.read("SELECT 1 FROM dnc WHERE e164=?", (e164,)))
+
+
+def _outcome(status: str) -> str:
+    return OUTCOME_OF_STATUS.get(status, Outcome.FAILED).value

@@ -1,0 +1,201 @@
+"""The only module that talks to the twilio package.
+
+It turns the twilio/requests exception zoo into one `TwilioFailure` whose `kind` tells the engine
+what is safe: a create that timed out may have placed a call, a 429 certainly did not.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from dialer_cli.errors import TwilioFailure
+from dialer_cli.models import CallInfo, CallParams
+
+# twilio's HTTP client logs request headers at INFO; keep Basic auth out of any log a user enables.
+logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+
+# Create-time rejections that concern one lead only: the run goes on without it.
+PER_LEAD_CODES = frozenset(
+    {
+        21211,
+        21214,
+        21215,
+        21216,
+        21217,
+        21219,
+        21401,
+        21407,
+        21408,
+        13223,
+        13224,
+        13225,
+        13226,
+        13227,
+    }
+)
+# The account's concurrent-call limit and the REST rate limit: nothing happened, try later.
+RETRY_CODES = frozenset({10004, 20429})
+
+
+class _HttpClient(TwilioHttpClient):
+    """Remembers the last response's headers, for Retry-After (TwilioRestException drops them)."""
+
+    last_headers: Any = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        self.last_headers = None
+        response = super().request(*args, **kwargs)
+        self.last_headers = response.headers
+        return response
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _info(call: Any) -> CallInfo:
+    duration = getattr(call, "duration", None)
+    return CallInfo(
+        sid=call.sid,
+        status=str(call.status or ""),
+        to=call.to or "",
+        from_=call._from or "",
+        date_created=call.date_created if isinstance(call.date_created, datetime) else None,
+        start_time=call.start_time if isinstance(call.start_time, datetime) else None,
+        end_time=call.end_time if isinstance(call.end_time, datetime) else None,
+        duration=int(duration) if duration not in (None, "") else None,
+        answered_by=call.answered_by or None,
+        direction=call.direction or None,
+    )
+
+
+class TwilioCalls:
+    """Create, poll, list and end calls through the real twilio client."""
+
+    def __init__(self, account_sid: str, auth_token: str, base_url: str, http_timeout: float):
+        self._http = _HttpClient(timeout=http_timeout)
+        # A non-empty environment stops the client reading TWILIO_REGION/TWILIO_EDGE, which would
+        # rewrite a loopback base URL.
+        self._client = Client(
+            account_sid, auth_token, http_client=self._http, environment={"DIALER": "1"}
+        )
+        self._client.api.base_url = base_url.rstrip("/")
+        self.account_sid = account_sid
+
+    # -- the four verbs the engine needs ------------------------------------------------------
+
+    def create(self, to: str, from_: str, params: CallParams) -> CallInfo:
+        kwargs: dict[str, Any] = {"to": to, "from_": from_}
+        for name in ("twiml", "url", "timeout", "time_limit", "record", "machine_detection"):
+            value = getattr(params, name)
+            if value is not None:
+                kwargs[name] = value
+        try:
+            return _info(self._client.calls.create(**kwargs))
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised as TwilioFailure
+            raise self._failure(exc, creating=True) from None
+
+    def fetch(self, sid: str) -> CallInfo:
+        try:
+            return _info(self._client.calls(sid).fetch())
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(exc, creating=False) from None
+
+    def recent(self, to: str, from_: str, since: float) -> list[CallInfo]:
+        """Calls to `to` from `from_` created at or after `since` (epoch s), newest first.
+
+        Filters on date_created client-side: StartTime is empty while a call is queued.
+        """
+        found: list[CallInfo] = []
+        try:
+            page = self._client.calls.page(to=to, from_=from_, page_size=50)
+            while page is not None:
+                calls = [_info(c) for c in page]
+                for info in calls:
+                    if info.date_created is None or info.date_created.timestamp() >= since:
+                        found.append(info)
+                oldest = calls[-1].date_created if calls else None
+                if not calls or (oldest is not None and oldest.timestamp() < since):
+                    break
+                page = page.next_page()
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(exc, creating=False) from None
+        return found
+
+    def end(self, sid: str, answered: bool) -> CallInfo:
+        """Cancel a call not yet answered, hang up one that is."""
+        status = "completed" if answered else "canceled"
+        try:
+            return _info(self._client.calls(sid).update(status=status))
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(exc, creating=False) from None
+
+    def check_account(self) -> str:
+        """One read-only request that proves the credentials: returns the account's name."""
+        try:
+            account = self._client.api.v2010.accounts(self.account_sid).fetch()
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(exc, creating=False) from None
+        return str(account.friendly_name or account.sid)
+
+    # -- error classification -----------------------------------------------------------------
+
+    def _retry_after(self) -> float | None:
+        headers = self._http.last_headers
+        value = headers.get("Retry-After") if headers is not None else None
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def _failure(self, exc: Exception, *, creating: bool) -> TwilioFailure:
+        if isinstance(exc, TwilioRestException):
+            return self._classify(exc.status, exc.code, _message(exc), creating)
+        if isinstance(exc, TwilioException):  # list()/page() errors: the response is args[1]
+            response = exc.args[1] if len(exc.args) > 1 else None
+            status = getattr(response, "status_code", None)
+            return self._classify(status, None, "Twilio could not list calls", creating)
+        if isinstance(exc, requests.exceptions.RequestException):
+            what = type(exc).__name__
+            if creating:
+                return TwilioFailure("unknown", f"no answer from Twilio ({what})")
+            return TwilioFailure("retry", f"no answer from Twilio ({what})")
+        raise exc
+
+    def _classify(
+        self, status: int | None, code: int | None, message: str, creating: bool
+    ) -> TwilioFailure:
+        status = status or 0
+        code = code if code and code != status else None
+        if status == 429 or code in RETRY_CODES:
+            return TwilioFailure("retry", message, code, status, self._retry_after())
+        if status in (401, 403) or code == 20003:
+            return TwilioFailure("account", "Twilio refused the credentials", code, status)
+        if status >= 500 or status == 0:
+            return TwilioFailure("unknown" if creating else "retry", message, code, status)
+        if status == 404 and not creating:
+            return TwilioFailure("not_found", message, code, status)
+        if creating and code in PER_LEAD_CODES:
+            return TwilioFailure("rejected", message, code, status)
+        return TwilioFailure("account", message, code, status)
+
+
+def _message(exc: TwilioRestException) -> str:
+    text = str(getattr(exc, "msg", "") or "")
+    for verb in ("create", "fetch", "update"):
+        text = text.removeprefix(f"Unable to {verb} record: ")
+    return text or f"HTTP {exc.status}"
