@@ -278,9 +278,9 @@ def start(
         phone_column=settings.leads.phone_column,
         default_region=settings.leads.default_region,
     )
-    store = open_store(db)
-    runner.check_source(store, lead_source, new, None)
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
+        store = open_store(db)
+        runner.check_source(store, lead_source, new, None)
         run_id = runner.import_run(store, lead_source, settings, target, time.time())
         snap = runner.snapshot(store, run_id, time.time())
         if not as_json:

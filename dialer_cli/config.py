@@ -1,8 +1,9 @@
-"""Settings: one resolver for flag > environment > campaign > file > default, remembering each source.
+"""Settings: one resolver for flag > environment > campaign > file > default, with each source.
 
 `load_settings` reads only the config file and the `env` mapping it is handed (never `os.environ`),
 so the CLI and the tests resolve settings the same way. It never requires credentials: commands that
 do not talk to Twilio must work without them; those that do call `require_credentials`.
+Each key's default and rule sit together on its dataclass field, so there is one list of keys.
 """
 
 from __future__ import annotations
@@ -21,79 +22,6 @@ import yaml
 from phonenumbers import SUPPORTED_REGIONS
 
 from dialer_cli.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class TwilioSettings:
-    account_sid: str | None = None
-    auth_token: str | None = field(default=None, repr=False)
-    from_number: str | None = None
-    from_numbers: tuple[str, ...] = ()
-    base_url: str = "https://api.twilio.com"
-    http_timeout: float = 10.0
-
-
-@dataclass(frozen=True)
-class CallSettings:
-    twiml: str | None = None
-    url: str | None = None
-    timeout: int | None = 30
-    time_limit: int | None = None
-    record: bool | None = None
-    machine_detection: str | None = None
-
-
-@dataclass(frozen=True)
-class DialingSettings:
-    concurrency: int = 3
-    poll_interval: float = 2.0
-    reconcile_grace: float = 30.0
-    max_attempts: int = 1
-    retry_on: tuple[str, ...] = ("busy", "no-answer")
-    retry_delay: float = 900.0
-    calling_hours: str | None = None
-    calling_days: tuple[str, ...] | None = None
-    timezone: str | None = None
-    do_not_call: Path | None = None
-    calls_per_second: float | None = None
-    recall_after: float | None = None  # seconds
-
-
-@dataclass(frozen=True)
-class LeadsSettings:
-    phone_column: str = "phone"
-    default_region: str = "US"
-
-
-@dataclass(frozen=True)
-class CampaignSettings:
-    name: str
-    source: str
-    query: str | None = None
-    table: str | None = None
-    overrides: dict[str, dict[str, object]] = field(
-        default_factory=dict, repr=False
-    )  # may hold a token
-
-
-@dataclass(frozen=True)
-class Settings:
-    twilio: TwilioSettings = TwilioSettings()
-    call: CallSettings = CallSettings()
-    dialing: DialingSettings = DialingSettings()
-    leads: LeadsSettings = LeadsSettings()
-    campaigns: dict[str, CampaignSettings] = field(default_factory=dict)
-    path: Path | None = None
-    sources: dict[str, str] = field(default_factory=dict)
-
-
-def default_config_path() -> Path:
-    return platformdirs.user_config_path("dialer") / "config.yaml"
-
-
-def default_db_path() -> Path:
-    return platformdirs.user_data_path("dialer") / "dialer.db"
-
 
 Check = Callable[[Any], Any]  # returns the value as stored, or raises _Invalid
 
@@ -117,12 +45,10 @@ def _rule(what: str, test: Callable[[Any], bool], convert: Check = lambda v: v) 
     return check
 
 
-def _is_int(value: Any) -> bool:  # bool is an int to Python, never to a user
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float)
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """bool is an int to Python, never to a user; an int is fine where a float is wanted."""
+    kinds = int if whole else int | float
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def _text(value: Any) -> str:
@@ -142,10 +68,12 @@ def _list_of(item: Check, what: str) -> Check:
     def check(value: Any) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise _Invalid(f"expected a list of {what}, got {_show(value)}")
-        try:
-            return tuple(item(entry) for entry in value)
-        except _Invalid as e:
-            raise _Invalid(f"expected a list of {what}; {e}") from None
+        for entry in value:
+            try:
+                item(entry)
+            except _Invalid:
+                raise _Invalid(f"expected a list of {what}, got {_show(entry)} in it") from None
+        return tuple(value)
 
     return check
 
@@ -162,9 +90,9 @@ def _optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
-def _whole(low: int, high: int = 1 << 62) -> Check:
-    what = f"a whole number ≥ {low}" if high == 1 << 62 else f"a whole number {low}-{high}"
-    return _rule(what, lambda v: _is_int(v) and low <= v <= high)
+def _whole(low: int, high: int | None = None) -> Check:
+    what = f"a whole number ≥ {low}" if high is None else f"a whole number from {low} to {high}"
+    return _rule(what, lambda v: _is_number(v, whole=True) and low <= v <= (high or v))
 
 
 def _over(low: float, inclusive: bool = False) -> Check:
@@ -176,78 +104,108 @@ def _one_of(*options: str) -> Check:
     return _rule("one of " + ", ".join(options), lambda v: v in options)
 
 
+def _key(default: Any, check: Check, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"check": check}, **kwargs)
+
+
+_URL = _rule("an http:// or https:// URL", lambda v: str(v).startswith(("http://", "https://")))
 _HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_SCHEMA: dict[str, dict[str, Check]] = {
-    "twilio": {
-        "account_sid": _optional(_text),
-        "auth_token": _optional(_secret),
-        "from_number": _optional(_text),
-        "from_numbers": _list_of(_text, "phone numbers"),
-        "base_url": _rule("an http:// or https:// URL", lambda v: str(v).startswith("http")),
-        "http_timeout": _over(0),
-    },
-    "call": {
-        "twiml": _optional(_text),
-        "url": _optional(_rule("an http:// or https:// URL", lambda v: str(v).startswith("http"))),
-        "timeout": _optional(_whole(1, 600)),
-        "time_limit": _optional(_whole(1)),
-        "record": _optional(_rule("true or false", lambda v: isinstance(v, bool))),
-        "machine_detection": _optional(_one_of("Enable", "DetectMessageEnd")),
-    },
-    "dialing": {
-        "concurrency": _whole(1),
-        "poll_interval": _over(0),
-        "reconcile_grace": _over(0, inclusive=True),
-        "max_attempts": _whole(1),
-        "retry_on": _list_of(_one_of("busy", "no-answer", "failed"), "call outcomes"),
-        "retry_delay": _over(0, inclusive=True),
-        "calling_hours": _optional(
-            _rule("'HH:MM-HH:MM'", lambda v: isinstance(v, str) and bool(_HOURS.fullmatch(v)))
-        ),
-        "calling_days": _optional(_list_of(_one_of(*_DAYS), "days")),
-        "timezone": _optional(_zone),
-        "do_not_call": _optional(lambda v: Path(v if isinstance(v, Path) else _text(v))),
-        "calls_per_second": _optional(_over(0)),
-        "recall_after": _optional(_over(0, inclusive=True)),
-    },
-    "leads": {
-        "phone_column": _rule("a column name", lambda v: isinstance(v, str) and bool(v.strip())),
-        "default_region": _rule(
-            "a region such as 'US' or 'GB'",
-            lambda v: str(v).upper() in SUPPORTED_REGIONS,
-            str.upper,
-        ),
-    },
-}
-_CLASSES: dict[str, type] = {
+_OUTCOMES = _one_of("busy", "no-answer", "failed")
+_DAY = _one_of("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_COLUMN = _rule("a column name", lambda v: isinstance(v, str) and bool(v.strip()))
+_REGION = _rule("a region such as 'US'", lambda v: str(v).upper() in SUPPORTED_REGIONS, str.upper)
+_CLOCK = _rule("'HH:MM-HH:MM'", lambda v: isinstance(v, str) and bool(_HOURS.fullmatch(v)))
+_PATH = _optional(lambda v: v if isinstance(v, Path) else Path(_text(v)).expanduser())
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str | None = _key(None, _optional(_text))
+    auth_token: str | None = _key(None, _optional(_secret), repr=False)
+    from_number: str | None = _key(None, _optional(_text))
+    from_numbers: tuple[str, ...] = _key((), _list_of(_text, "phone numbers in quotes"))
+    base_url: str = _key("https://api.twilio.com", _URL)
+    http_timeout: float = _key(10.0, _over(0))
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    twiml: str | None = _key(None, _optional(_text))
+    url: str | None = _key(None, _optional(_URL))
+    timeout: int | None = _key(30, _optional(_whole(1, 600)))  # ring time, Twilio's limit
+    time_limit: int | None = _key(None, _optional(_whole(1)))
+    record: bool | None = _key(
+        None, _optional(_rule("true or false", lambda v: isinstance(v, bool)))
+    )
+    machine_detection: str | None = _key(None, _optional(_one_of("Enable", "DetectMessageEnd")))
+
+
+@dataclass(frozen=True)
+class DialingSettings:
+    concurrency: int = _key(3, _whole(1))
+    poll_interval: float = _key(2.0, _over(0))
+    reconcile_grace: float = _key(30.0, _over(0, inclusive=True))
+    max_attempts: int = _key(1, _whole(1))
+    retry_on: tuple[str, ...] = _key(
+        ("busy", "no-answer"), _list_of(_OUTCOMES, "busy, no-answer, failed")
+    )
+    retry_delay: float = _key(900.0, _over(0, inclusive=True))
+    calling_hours: str | None = _key(None, _optional(_CLOCK))
+    calling_days: tuple[str, ...] | None = _key(
+        None, _optional(_list_of(_DAY, "mon, tue, wed, thu, fri, sat, sun"))
+    )
+    timezone: str | None = _key(None, _optional(_zone))
+    do_not_call: Path | None = _key(None, _PATH)  # relative to the config file when set there
+    calls_per_second: float | None = _key(None, _optional(_over(0)))
+    recall_after: float | None = _key(None, _optional(_over(0, inclusive=True)))  # seconds
+
+
+@dataclass(frozen=True)
+class LeadsSettings:
+    phone_column: str = _key("phone", _COLUMN)
+    default_region: str = _key("US", _REGION)
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    name: str
+    source: str
+    query: str | None = None
+    table: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # has secrets
+
+
+@dataclass(frozen=True)
+class Settings:
+    twilio: TwilioSettings = TwilioSettings()
+    call: CallSettings = CallSettings()
+    dialing: DialingSettings = DialingSettings()
+    leads: LeadsSettings = LeadsSettings()
+    campaigns: dict[str, CampaignSettings] = field(default_factory=dict)
+    path: Path | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+_SECTIONS: dict[str, Any] = {
     "twilio": TwilioSettings,
     "call": CallSettings,
     "dialing": DialingSettings,
     "leads": LeadsSettings,
 }
+_CHECKS: dict[str, dict[str, Check]] = {
+    name: {f.name: f.metadata["check"] for f in dataclasses.fields(cls)}
+    for name, cls in _SECTIONS.items()
+}
 _ENV = {"TWILIO_ACCOUNT_SID": "twilio.account_sid", "TWILIO_AUTH_TOKEN": "twilio.auth_token"}
 _EXCLUSIVE = {"call.twiml": "call.url", "call.url": "call.twiml"}  # the higher layer's choice wins
-_CAMPAIGN_KEYS = ("source", "query", "table")
 
 
-class _Loader(yaml.SafeLoader):
-    """Rejects duplicate keys: the stock loader keeps the last one silently, hiding a typo."""
+def default_config_path() -> Path:
+    return platformdirs.user_config_path("dialer") / "config.yaml"
 
 
-def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict[object, object]:
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if isinstance(key, str) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key if isinstance(key, str) else id(key_node))
-    return loader.construct_mapping(node)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+def default_db_path() -> Path:
+    return platformdirs.user_data_path("dialer") / "dialer.db"
 
 
 def load_settings(
@@ -261,14 +219,21 @@ def load_settings(
     data = _read_yaml(path) if path else {}
     where, base = str(path), path.parent if path else None
     campaigns = _campaigns(data.get("campaigns"), where, base)
-    values = _defaults()
+    values = {
+        f"{s}.{f.name}": f.default for s, c in _SECTIONS.items() for f in dataclasses.fields(c)
+    }
     sources = dict.fromkeys(values, "default")
     _apply(values, sources, _sections(data, where, "", ("campaigns",)), where, f"file {path}", base)
     if campaign is not None:
-        chosen = _pick(campaigns, campaign, path)
-        flat = {f"{s}.{k}": v for s, body in chosen.overrides.items() for k, v in body.items()}
-        label, source = f"campaigns.{campaign}.", f"file {path} (campaign {campaign})"
-        _apply(values, sources, flat, where, source, base, label)
+        if campaign not in campaigns:
+            known = ", ".join(campaigns) or "none"
+            file = path or default_config_path()
+            raise ConfigError(f"{file}: unknown campaign {campaign!r}; known campaigns: {known}")
+        flat = {
+            f"{s}.{k}": v for s, b in campaigns[campaign].overrides.items() for k, v in b.items()
+        }
+        source = f"file {path} (campaign {campaign})"
+        _apply(values, sources, flat, where, source, base, f"campaigns.{campaign}.")
     for var, key in _ENV.items():
         if env.get(var):
             _apply(values, sources, {key: env[var]}, var, f"env {var}")
@@ -277,7 +242,11 @@ def load_settings(
             raise ConfigError(f"{_flag(key)}: unknown setting {key!r}")
         if value is not None:
             _apply(values, sources, {key: value}, _flag(key), "flag")
-    return Settings(**_build(values), campaigns=campaigns, path=path, sources=sources)
+    built = {
+        name: cls(**{f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)})
+        for name, cls in _SECTIONS.items()
+    }
+    return Settings(**built, campaigns=campaigns, path=path, sources=sources)
 
 
 def require_credentials(settings: Settings) -> None:
@@ -292,10 +261,9 @@ def require_credentials(settings: Settings) -> None:
         how = f"set {' and '.join(envs)} or " if envs else "set "
         raise ConfigError(f"missing {', '.join(missing)}; {how}{' and '.join(missing)} in {file}")
     if not re.fullmatch(r"AC[0-9a-fA-F]{32}", twilio.account_sid or ""):
-        origin = _origin(settings, "twilio.account_sid")
         raise ConfigError(
-            f"{origin}: twilio.account_sid: expected 'AC' and 32 hex digits, got "
-            f"{twilio.account_sid!r}; copy it from the Twilio console"
+            f"{_origin(settings, 'twilio.account_sid')}: twilio.account_sid: expected 'AC' and 32 "
+            f"hex digits, got {twilio.account_sid!r}; copy it from the Twilio console"
         )
     key = "twilio.from_numbers" if twilio.from_numbers else "twilio.from_number"
     for number in (twilio.from_number, *twilio.from_numbers):
@@ -309,15 +277,12 @@ def require_credentials(settings: Settings) -> None:
 def describe(settings: Settings) -> list[tuple[str, str, str]]:
     """(key, value, source) rows for `config show`; the auth token is only ever "(set)"."""
     rows = []
-    for name, cls in _CLASSES.items():
+    for name, cls in _SECTIONS.items():
         for f in dataclasses.fields(cls):
             key, value = f"{name}.{f.name}", getattr(getattr(settings, name), f.name)
-            shown = (
-                ("(set)" if value else "(not set)")
-                if key == "twilio.auth_token"
-                else _display(value)
-            )
-            rows.append((key, shown, settings.sources.get(key, "default")))
+            if key == "twilio.auth_token":
+                value = "(set)" if value else None
+            rows.append((key, _display(value), settings.sources.get(key, "default")))
     for c in settings.campaigns.values():
         rows.append((f"campaigns.{c.name}.source", c.source, f"file {settings.path}"))
     return rows
@@ -334,28 +299,13 @@ def _display(value: object) -> str:
 def _origin(settings: Settings, key: str) -> str:
     """Name what the user edits: the file, the variable or the flag."""
     source = settings.sources.get(key, "default")
-    if source.startswith("file "):
-        return source.removeprefix("file ")
-    return source.removeprefix("env ") if source.startswith("env ") else _flag(key)
+    if source.startswith(("file ", "env ")):
+        return source.split(" ", 1)[1]
+    return _flag(key)
 
 
 def _flag(key: str) -> str:
     return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
-
-
-def _defaults() -> dict[str, object]:
-    return {
-        f"{name}.{f.name}": getattr(cls(), f.name)
-        for name, cls in _CLASSES.items()
-        for f in dataclasses.fields(cls)
-    }
-
-
-def _build(values: Mapping[str, object]) -> dict[str, object]:
-    return {
-        name: cls(**{f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)})
-        for name, cls in _CLASSES.items()
-    }
 
 
 def _choose_file(config_path: Path | None) -> Path | None:
@@ -368,7 +318,22 @@ def _choose_file(config_path: Path | None) -> Path | None:
     return config_path
 
 
-def _read_yaml(path: Path) -> dict[object, object]:
+class _Loader(yaml.SafeLoader):
+    """Rejects duplicate keys: the stock loader keeps the last one silently, hiding a typo."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str) and key in seen:
+                problem = f"duplicate key {key!r}"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            if isinstance(key, str):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[Any, Any]:
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -384,23 +349,26 @@ def _read_yaml(path: Path) -> dict[object, object]:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or "unreadable"
-        raise ConfigError(f"{path}: {at}invalid YAML ({problem}); check indentation and quoting")
+        # never str(e): its snippet of the file could show the auth token
+        raise ConfigError(f"{path}: {at}invalid YAML ({problem}); fix the file there") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected sections such as 'dialing:' at the top level")
+        raise ConfigError(f"{path}: expected sections such as 'dialing:', not a list or value")
     return data or {}
 
 
-def _sections(data: Mapping[object, object], where: str, label: str, extra: tuple[str, ...]):
+def _sections(
+    data: Mapping[Any, Any], where: str, label: str, extra: tuple[str, ...]
+) -> dict[str, object]:
     """Flatten {section: {key: value}} to {"section.key": value}, rejecting unknown names."""
     flat: dict[str, object] = {}
     for name, body in data.items():
         if name in extra:
             continue
-        if name not in _SCHEMA:
-            raise _unknown(where, label, name, [*_SCHEMA, *extra])
+        if name not in _CHECKS:
+            raise _unknown(where, label, name, [*_CHECKS, *extra])
         for key, value in _as_mapping(body, where, f"{label}{name}").items():
-            if key not in _SCHEMA[name]:  # type: ignore[index]
-                raise _unknown(where, f"{label}{name}.", key, list(_SCHEMA[name]))  # type: ignore[index]
+            if key not in _CHECKS[name]:
+                raise _unknown(where, f"{label}{name}.", key, list(_CHECKS[name]))
             flat[f"{name}.{key}"] = value
     return flat
 
@@ -411,7 +379,7 @@ def _unknown(where: str, label: str, key: object, known: list[str]) -> ConfigErr
     return ConfigError(f"{where}: {label}{key}: unknown key; {hint}")
 
 
-def _as_mapping(value: object, where: str, dotted: str) -> dict[object, object]:
+def _as_mapping(value: object, where: str, dotted: str) -> dict[Any, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -426,29 +394,21 @@ def _campaigns(body: object, where: str, base: Path | None) -> dict[str, Campaig
     for name, raw in _as_mapping(body, where, "campaigns").items():
         label = f"campaigns.{name}."
         spec = _as_mapping(raw, where, label.rstrip("."))
-        _apply({}, {}, _sections(spec, where, label, _CAMPAIGN_KEYS), where, "", base, label)
+        flat = _sections(spec, where, label, ("source", "query", "table"))
+        _apply({}, {}, flat, where, "", base, label)
         source = _checked(_text, spec.get("source", ""), where, label + "source")
-        if not source:
+        if not source.strip():
             raise ConfigError(f"{where}: {label}source: missing; set a CSV path or a database URL")
         query = _checked(_optional(_text), spec.get("query"), where, label + "query")
         table = _checked(_optional(_text), spec.get("table"), where, label + "table")
         if query and table:
             raise ConfigError(f"{where}: {label}query and table are both set; keep one")
-        sections = {s: dict(_as_mapping(spec[s], where, s)) for s in _SCHEMA if s in spec}
-        result[str(name)] = CampaignSettings(str(name), source, query, table, sections)  # type: ignore[arg-type]
+        sections = {s: dict(_as_mapping(spec[s], where, s)) for s in _CHECKS if s in spec}
+        result[str(name)] = CampaignSettings(str(name), source, query, table, sections)
     return result
 
 
-def _pick(
-    campaigns: Mapping[str, CampaignSettings], name: str, path: Path | None
-) -> CampaignSettings:
-    if name in campaigns:
-        return campaigns[name]
-    known = ", ".join(campaigns) or "none"
-    raise ConfigError(f"{path or default_config_path()}: unknown campaign {name!r}; known: {known}")
-
-
-def _checked(check: Callable[[object], object], value: object, origin: str, key: str) -> object:
+def _checked(check: Check, value: object, origin: str, key: str) -> Any:
     try:
         return check(value)
     except _Invalid as e:
@@ -468,7 +428,8 @@ def _apply(
     if all(layer.get(key) is not None for key in _EXCLUSIVE):
         raise ConfigError(f"{origin}: {label}call.twiml and {label}call.url are both set; keep one")
     for key, raw in layer.items():
-        value = _checked(_SCHEMA[key.split(".")[0]][key.split(".")[1]], raw, origin, label + key)
+        section, name = key.split(".")
+        value = _checked(_CHECKS[section][name], raw, origin, label + key)
         if isinstance(value, Path) and base is not None and not value.is_absolute():
             value = base / value  # relative to the config file, not to wherever dialer runs
         values[key], sources[key] = value, source
