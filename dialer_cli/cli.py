@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from dialer_cli import __version__, render, runner
+from dialer_cli import __version__, render, report, runner
 from dialer_cli.config import (
     Settings,
     default_config_path,
@@ -164,26 +164,8 @@ def choose_view(store: Store, run_id: int, as_json: bool, quiet: bool) -> Any:
     if as_json:
         return render.JsonView(sys.stdout)
     if err.is_terminal and not quiet:
-        return render.LiveView(err, lambda: live_data(store, run_id))
+        return render.LiveView(err, lambda: report.live_data(store, run_id, time.time()))
     return render.LineView(sys.stderr, quiet=quiet)
-
-
-def live_data(store: Store, run_id: int) -> dict[str, Any]:
-    now = time.time()
-    live = [
-        {
-            "name": c.name,
-            "to": c.to,
-            "status": c.twilio_status or c.job_state,
-            "for": f"{now - c.claimed_at:.0f}s",
-        }
-        for c in store.live_calls(run_id)
-    ]
-    recent = [
-        {"name": r["name"], "to": r["to"], "status": r["twilio_status"], "dur": r["duration_s"]}
-        for r in store.recent_ended(run_id)
-    ]
-    return {"status": runner.snapshot(store, run_id, now), "live": live, "recent": recent}
 
 
 def drive_and_report(
@@ -362,7 +344,7 @@ def status(
     if once or not out.is_terminal:
         out.print(render.status_table(runner.snapshot(store, run_id, time.time())))
         return
-    view = render.LiveView(out, lambda: live_data(store, run_id))
+    view = render.LiveView(out, lambda: report.live_data(store, run_id, time.time()))
     try:
         while runner.snapshot(store, run_id, time.time())["status"] in (
             RunStatus.RUNNING,

@@ -322,14 +322,15 @@ class _Loader(yaml.SafeLoader):
     """Rejects duplicate keys: the stock loader keeps the last one silently, hiding a typo."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, str) and key in seen:
-                problem = f"duplicate key {key!r}"
-                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-            if isinstance(key, str):
-                seen.add(key)
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:  # keys as written; `<<` merges may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
+                if (key_node.tag, key_node.value) in seen:
+                    problem = f"duplicate key {key_node.value!r}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None, problem, key_node.start_mark
+                    )
+                seen.add((key_node.tag, key_node.value))
         return super().construct_mapping(node, deep=deep)
 
 

@@ -237,7 +237,7 @@ def _header(reader: Reader, path: Path) -> list[str]:
     try:
         columns = [name.strip() for name in next(reader)]
     except csv.Error as e:
-        raise LeadsError(f"{path}: line 1: malformed header ({e}); check the quoting") from None
+        raise LeadsError(f"{path}: line 1: {_csv_problem(e)}") from None
     seen: dict[str, str] = {}
     for index, name in enumerate(columns, 1):
         if not name:
@@ -294,8 +294,10 @@ def _records(reader: Reader, columns: list[str], path: Path) -> Iterator[Record]
 
 def _csv_problem(e: csv.Error) -> str:
     text = str(e)
-    if text == "unexpected end of data" or "field larger than field limit" in text:
+    if text == "unexpected end of data":
         return "a quoted field starts here and is never closed; add the closing quote"
+    if "field larger than field limit" in text:
+        return f"a field over {csv.field_size_limit()} characters; check for an unclosed quote"
     if text.startswith("new-line character seen in unquoted field"):
         return "bare carriage return in an unquoted field; save the file with standard line endings"
     return f"malformed CSV ({text}); check the quoting on this line"

@@ -1,11 +1,10 @@
-"""A Twilio-compatible HTTP server for the Calls subset of the 2010 API: demo backend and test referee.
+"""A Twilio-compatible server for the Calls subset of the 2010 API: demo backend and test referee.
 
-The real `twilio` client talks to it over loopback HTTP, so nothing else in the product knows it is
-simulated. A call's status is derived lazily from (created_at, plan, speed, clock) instead of timers,
-so a test can drive a whole campaign with a fake clock; only `p_slow` and `hold_creates` use real time.
-The ledger (`calls()`, `requests()`, `max_live()`) is how tests judge "never more than N live" and
-"nobody dialled twice". Stdlib only and nothing from dialer_cli: a referee shares no code with the
-player it judges.
+The real `twilio` client talks to it over loopback HTTP, so nothing else in the product knows it
+is simulated. A call's status is derived lazily from (created_at, plan, speed, clock), not timers,
+so tests can drive a campaign with a fake clock; only p_slow and hold_creates use real time. The
+ledger (calls, requests, max_live) is how tests judge "never more than N live" and "nobody dialled
+twice". Stdlib only and nothing from dialer_cli: a referee shares no code with the player.
 """
 
 from __future__ import annotations
@@ -27,38 +26,27 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 DEFAULT_AUTH_TOKEN = "simulator-token"
 API = "/2010-04-01"
-STATUSES = (
-    "queued",
-    "ringing",
-    "in-progress",
-    "completed",
-    "busy",
-    "failed",
-    "no-answer",
-    "canceled",
-)
+STATUSES = "queued ringing in-progress completed busy failed no-answer canceled".split()
 LIVE = frozenset({"queued", "ringing", "in-progress"})
+ENDABLE = {"canceled": ("queued", "ringing"), "completed": ("queued", "ringing", "in-progress")}
 E164 = re.compile(r"\+[1-9]\d{1,14}")
-# Twilio test-credential magic numbers (https://www.twilio.com/docs/iam/test-credentials).
-MAGIC_TO = {
+MAGIC_TO = {  # Twilio's test-credential numbers (https://www.twilio.com/docs/iam/test-credentials)
     "+15005550001": (21217, "Phone number does not appear to be valid"),
     "+15005550002": (21214, "'To' phone number cannot be reached"),
     "+15005550003": (21215, "Account not authorized to call this number (geo permissions)"),
     "+15005550004": (21216, "Call blocked by Twilio"),
 }
-# No dedicated Twilio code exists for these, so: 21200 ("Calls Resource", Twilio's generic Calls
-# error) for a bad Calls parameter (Twiml over 4000 chars, update Status other than canceled or
-# completed, PageSize, Page, PageToken, date filters); 400 ("Bad Request") for the same elsewhere.
-CALLS_BAD_PARAM = 21200
+# Where Twilio has no dedicated code: 21200 ("Calls Resource", its generic Calls error) for a bad
+# Calls parameter (Twiml over 4000 chars, update Status other than canceled/completed, PageSize,
+# Page, PageToken, date filters, list Status); 400 ("Bad Request") for the same elsewhere.
+BAD_PARAM = 21200
 FILTERS = "To From ParentCallSid Status StartTime StartTime< StartTime> EndTime EndTime< EndTime>"
 SUBRESOURCES = "notifications recordings payments events siprec streams transcriptions".split()
-NULL_NUMBER_FIELDS = (
-    "address_sid identity_sid sms_application_sid sms_fallback_url sms_url status_callback trunk_sid"
-    " voice_application_sid voice_fallback_url voice_url emergency_address_sid bundle_sid"
-).split()
-
+NUMBER_NULLS = """address_sid identity_sid sms_application_sid sms_fallback_url sms_url trunk_sid
+    status_callback voice_application_sid voice_fallback_url voice_url emergency_address_sid
+    bundle_sid""".split()
+NUMBER_POSTS = "sms_fallback_method sms_method status_callback_method voice_fallback_method"
 Params = dict[str, list[str]]
-_ENDABLE = {"canceled": ("queued", "ringing"), "completed": ("queued", "ringing", "in-progress")}
 
 
 @dataclass(frozen=True)
@@ -111,11 +99,8 @@ class SimCall:
     def answer_at(self, speed: float) -> float | None:
         """When it went in-progress, or None if it never does."""
         at = self._pickup(speed)
-        if self.plan.outcome != "completed" or (
-            self.canceled_at is not None and self.canceled_at < at
-        ):
-            return None
-        return at
+        canceled_first = self.canceled_at is not None and self.canceled_at < at
+        return None if self.plan.outcome != "completed" or canceled_first else at
 
     def answered(self, speed: float) -> bool:
         return self.answer_at(speed) is not None
@@ -163,7 +148,7 @@ class _Reply:
 
 
 def default_plan(seed: int, to: str, nth: int) -> CallPlan:
-    """Deterministic per (seed, to, nth), so a rerun of the same campaign plays out the same."""
+    """Deterministic per (seed, to, nth), so a rerun of a campaign plays out the same."""
     rng = random.Random(f"{seed}:{to}:{nth}")
     x = rng.random()
     outcome = (
@@ -191,32 +176,34 @@ def _one(params: Params, name: str) -> str | None:
 
 def _int(params: Params, name: str, default: int, lo: int, hi: int, code: int) -> int:
     raw = _one(params, name)
-    if raw is None:
-        return default
-    if not re.fullmatch(r"-?\d+", raw) or not lo <= int(raw) <= hi:
+    if raw is not None and (not re.fullmatch(r"-?\d+", raw) or not lo <= int(raw) <= hi):
         raise ApiError(400, code, f"Invalid {name} {raw!r}: expected an integer {lo}..{hi}")
-    return int(raw)
+    return default if raw is None else int(raw)
+
+
+def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> _Reply:
+    info = f"https://www.twilio.com/docs/errors/{code}"
+    body = {"code": code, "message": message, "more_info": info, "status": status}
+    return _Reply(status, body, headers)
 
 
 def _time_filter(key: str, raw: str) -> Callable[[float | None], bool]:
-    """`StartTime>` is on-or-after, `StartTime<` on-or-before (YYYY-MM-DD or ISO 8601 UTC).
+    """`X>` is on-or-after, `X<` on-or-before; a YYYY-MM-DD compares by day, a full time exactly.
 
-    A call without that time (not yet rung, not yet ended) never matches, as on Twilio: a reconciler
-    that filters on StartTime misses calls still queued, and the simulator should show that.
+    A call without that time (not yet rung, not yet ended) never matches, as on Twilio, so a
+    reconciler that filters on StartTime misses calls still queued here too.
     """
     try:
-        day = re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw) is not None
         bound = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        bound = bound.replace(tzinfo=bound.tzinfo or UTC)
     except ValueError:
-        raise ApiError(400, CALLS_BAD_PARAM, f"Invalid {key} {raw!r}") from None
-    op = key[-1]
+        raise ApiError(400, BAD_PARAM, f"Invalid {key} {raw!r}") from None
+    bound, by_day, op = bound.replace(tzinfo=bound.tzinfo or UTC), len(raw) == 10, key[-1]
 
     def match(t: float | None) -> bool:
         if t is None:
             return False
         value: Any = datetime.fromtimestamp(t, UTC)
-        value, b = (value.date(), bound.date()) if day else (value, bound)
+        value, b = (value.date(), bound.date()) if by_day else (value, bound)
         return value >= b if op == ">" else value <= b if op == "<" else value == b
 
     return match
@@ -237,16 +224,14 @@ def _check_create(params: Params, from_numbers: frozenset[str] | None) -> None:
         raise ApiError(400, 21212, f"Invalid 'From' Phone Number: {from_}")
     if from_numbers is not None and from_ not in from_numbers:
         raise ApiError(400, 21210, f"'From' phone number not verified: {from_}")
-    given = [k for k in ("Url", "Twiml", "ApplicationSid") if _one(params, k)]
+    given = {k: v for k in ("Url", "Twiml", "ApplicationSid") if (v := _one(params, k))}
     if len(given) != 1:
         raise ApiError(400, 21205, "Url parameter is required (one of Url, Twiml, ApplicationSid)")
-    if given == ["Url"] and urlsplit(_one(params, "Url") or "").scheme not in ("http", "https"):
+    if urlsplit(given.get("Url", "http:")).scheme not in ("http", "https"):
         raise ApiError(400, 21205, "Url is not a valid URL")
-    if len(_one(params, "Twiml") or "") > 4000:
-        raise ApiError(400, CALLS_BAD_PARAM, "Twiml must be at most 4000 characters")
-    if given == ["ApplicationSid"] and not re.fullmatch(
-        r"AP[0-9a-fA-F]{32}", _one(params, given[0]) or ""
-    ):
+    if len(given.get("Twiml", "")) > 4000:
+        raise ApiError(400, BAD_PARAM, "Twiml must be at most 4000 characters")
+    if not re.fullmatch(r"AP[0-9a-fA-F]{32}", given.get("ApplicationSid", "AP" + "0" * 32)):
         raise ApiError(400, 21218, "Invalid ApplicationSid")
     _int(params, "Timeout", 60, 1, 600, 21208)
     for key in ("Method", "FallbackMethod", "StatusCallbackMethod"):
@@ -254,50 +239,33 @@ def _check_create(params: Params, from_numbers: frozenset[str] | None) -> None:
             raise ApiError(400, 21209, f"Invalid {key}: must be GET or POST")
 
 
-def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> _Reply:
-    more = f"https://www.twilio.com/docs/errors/{code}"
-    return _Reply(
-        status, {"code": code, "message": message, "more_info": more, "status": status}, headers
-    )
-
-
 def _page_body(key: str, rows: list[dict[str, Any]], base: str, filters: dict[str, str],
                size: int, page: int, start: int, more: bool) -> dict[str, Any]:  # fmt: skip
-    """A 2010-API list page. Next/previous URIs keep the filters and anchor a PageToken on a record."""
+    """A 2010-API list page. Next/previous URIs keep the filters and anchor a PageToken on a row."""
 
     def uri(**extra: Any) -> str:
         return f"{base}?{urlencode({**filters, 'PageSize': size, **extra})}"
 
-    return {
-        key: rows,
-        "end": start + max(len(rows) - 1, 0),
-        "first_page_uri": uri(Page=0),
-        "next_page_uri": uri(Page=page + 1, PageToken=f"PA{rows[-1]['sid']}")
-        if more and rows
-        else None,
-        "page": page,
-        "page_size": size,
-        "previous_page_uri": uri(Page=page - 1, PageToken=f"PB{rows[0]['sid']}")
-        if page and rows
-        else None,
-        "start": start,
-        "uri": uri(Page=page),
-    }
+    after = uri(Page=page + 1, PageToken=f"PA{rows[-1]['sid']}") if more and rows else None
+    before = uri(Page=page - 1, PageToken=f"PB{rows[0]['sid']}") if page and rows else None
+    return {key: rows, "end": start + max(len(rows) - 1, 0), "first_page_uri": uri(Page=0),
+            "next_page_uri": after, "page": page, "page_size": size, "previous_page_uri": before,
+            "start": start, "uri": uri(Page=page)}  # fmt: skip
 
 
 def _number_json(acct: str, number: str, now: float) -> dict[str, Any]:
+    """An IncomingPhoneNumber: every schema property, enums valid, the rest null."""
     sid = f"PN{random.Random(number).getrandbits(128):032x}"
-    row: dict[str, Any] = dict.fromkeys(NULL_NUMBER_FIELDS)
-    methods = (
-        "sms_fallback_method sms_method status_callback_method voice_fallback_method voice_method"
-    )
-    row.update(dict.fromkeys(methods.split(), "POST"))
+    row: dict[str, Any] = {
+        **dict.fromkeys(NUMBER_NULLS),
+        **dict.fromkeys(NUMBER_POSTS.split(), "POST"),
+    }
     row.update(account_sid=acct, address_requirements="none", api_version="2010-04-01", beta=False,
-               capabilities={"voice": True, "sms": True, "mms": True, "fax": False},
-               date_created=_rfc2822(now), date_updated=_rfc2822(now), friendly_name=_formatted(number),
-               phone_number=number, origin="twilio", sid=sid, voice_receive_mode="voice",
-               voice_caller_id_lookup=False, emergency_status="Inactive", status="in-use", type="local",
-               emergency_address_status="unregistered",
+               capabilities={"voice": True, "sms": True, "mms": True, "fax": False}, sid=sid,
+               date_created=_rfc2822(now), date_updated=_rfc2822(now), phone_number=number,
+               friendly_name=_formatted(number), origin="twilio", voice_receive_mode="voice",
+               voice_method="POST", voice_caller_id_lookup=False, emergency_status="Inactive",
+               emergency_address_status="unregistered", status="in-use", type="local",
                uri=f"{API}/Accounts/{acct}/IncomingPhoneNumbers/{sid}.json")  # fmt: skip
     return row
 
@@ -311,14 +279,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        """Every method goes through Simulator._respond; unknown routes get a Twilio-shaped 404."""
-        sim = self.server.sim
-        split = urlsplit(self.path)
+        """All methods land here; unknown routes get a Twilio-shaped 404 from Simulator."""
+        sim, split = self.server.sim, urlsplit(self.path)
         params = parse_qs(split.query, keep_blank_values=True)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode(
-            "utf-8", "replace"
-        )
-        for key, values in parse_qs(body, keep_blank_values=True).items():
+        length = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)
+        for key, values in form.items():
             params.setdefault(key, []).extend(values)
         reply = _Reply(0)  # a stopped simulator answers nothing, even on old keep-alive sockets
         if not sim._stopped.is_set():
@@ -330,11 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = json.dumps(reply.body).encode()
         self.send_response(reply.status)
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "Content-Length": str(len(data)),
-        }
-        for key, value in {**headers, **(reply.headers or {})}.items():
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (reply.headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
@@ -354,32 +318,24 @@ class _Server(ThreadingHTTPServer):
 
 
 _ACCT = API + r"/Accounts/(?P<acct>[^/]+)"
-_ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
+_ROUTES = [  # (path, {method: Simulator handler})
     (re.compile(_ACCT + r"\.json"), {"GET": "_fetch_account"}),
     (re.compile(_ACCT + r"/Calls\.json"), {"GET": "_list_calls", "POST": "_create_call"}),
-    (
-        re.compile(_ACCT + r"/Calls/(?P<sid>[^/]+)\.json"),
-        {"GET": "_fetch_call", "POST": "_update_call"},
-    ),
+    (re.compile(_ACCT + r"/Calls/(?P<sid>[^/]+)\.json"), {"GET": "_fetch", "POST": "_update"}),
     (re.compile(_ACCT + r"/IncomingPhoneNumbers\.json"), {"GET": "_list_numbers"}),
 ]
 
 
 class Simulator:
-    """The server and its ledger. One lock (a Condition, so held creates can wait on it) guards all."""
+    """The server and its ledger. One lock (a Condition, so held creates can wait) guards it all."""
 
     def __init__(self, *, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
                  clock: Callable[[], float] = time.time, speed: float = 1.0, seed: int = 0,
                  plan: Callable[[str, int], CallPlan] | None = None, faults: Faults | None = None,
                  from_numbers: Iterable[str] | None = None) -> None:  # fmt: skip
-        self.account_sid, self.auth_token, self.clock, self.speed = (
-            account_sid,
-            auth_token,
-            clock,
-            speed,
-        )
+        self.account_sid, self.auth_token = account_sid, auth_token
+        self.clock, self.speed, self.faults = clock, speed, faults or Faults()
         self._plan = plan or (lambda to, nth: default_plan(seed, to, nth))
-        self.faults = faults or Faults()
         self._numbers = None if from_numbers is None else list(dict.fromkeys(from_numbers))
         self._from_set = None if self._numbers is None else frozenset(self._numbers)
         self._lock = threading.Condition()
@@ -395,10 +351,11 @@ class Simulator:
 
     def start(self, port: int = 0) -> Simulator:
         """Serve on 127.0.0.1 in a daemon thread (port 0 picks a free port); returns self."""
-        self._server = _Server(("127.0.0.1", port), _Handler)
-        self._server.sim = self
+        self._server = server = _Server(("127.0.0.1", port), _Handler)
+        server.sim = self
         self._stopped.clear()
-        threading.Thread(target=self._server.serve_forever, name="twilio-sim", daemon=True).start()
+        serve = lambda: server.serve_forever(poll_interval=0.05)  # noqa: E731 - stop() within 50 ms
+        threading.Thread(target=serve, name="twilio-simulator", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -451,12 +408,10 @@ class Simulator:
 
     def max_live(self) -> int:
         """Peak simultaneous calls over the simulated timeline (created inclusive, ended exclusive)."""
-        events = sorted(
-            e for c in self.calls() for e in ((c.created_at, 1), (c.ended_at(self.speed), -1))
-        )
+        spans = [(c.created_at, c.ended_at(self.speed)) for c in self.calls()]
         peak = live = 0
-        for _, delta in events:  # at equal times -1 sorts first: an ending frees the slot
-            live += delta
+        for _, delta in sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans]):
+            live += delta  # at equal times -1 sorts first: an ending frees the slot
             peak = max(peak, live)
         return peak
 
@@ -506,10 +461,9 @@ class Simulator:
         return reply
 
     def _route(self, method: str, path: str, params: Params, auth: str | None) -> _Reply:
-        if not self._authenticated(auth):
-            return _error(
-                401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'}
-            )
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if (auth or "").strip() != f"Basic {expected}":
+            return _error(401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio"'})
         if self._roll(self.faults.p_429):
             return _error(429, 20429, "Too Many Requests", {"Retry-After": "1"})
         if self._roll(self.faults.p_500):
@@ -520,21 +474,13 @@ class Simulator:
                 return getattr(self, handlers[method])(params, self.clock(), **m.groupdict())
         return _error(404, 20404, f"The requested resource {path} was not found")
 
-    def _authenticated(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
-            return False
-        try:
-            given = base64.b64decode(header[6:], validate=True)
-        except ValueError:
-            return False
-        return given == f"{self.account_sid}:{self.auth_token}".encode()
-
     def _create_call(self, params: Params, now: float, acct: str) -> _Reply:
         _check_create(params, self._from_set)
         to, from_ = _one(params, "To") or "", _one(params, "From") or ""
         with self._lock:
             plan = self._plan(to, len(self._by_to.get(to, ())))
-            sid = self._new_sid()
+            while (sid := f"CA{self._sid_rng.getrandbits(128):032x}") in self._by_sid:
+                pass
             call = SimCall(sid, to, from_, now, plan, seq=len(self._calls))
             self._calls.append(call)
             self._by_sid[sid] = call
@@ -550,11 +496,6 @@ class Simulator:
             return _error(500, 20500, "Internal Server Error")
         return _Reply(201, self._call_json(call, self.clock()))
 
-    def _new_sid(self) -> str:
-        while (sid := f"CA{self._sid_rng.getrandbits(128):032x}") in self._by_sid:
-            pass
-        return sid
-
     def _find(self, sid: str) -> SimCall:
         with self._lock:
             call = self._by_sid.get(sid)
@@ -562,29 +503,26 @@ class Simulator:
             raise ApiError(404, 20404, f"The requested resource /Calls/{sid}.json was not found")
         return call
 
-    def _fetch_call(self, params: Params, now: float, acct: str, sid: str) -> _Reply:
+    def _fetch(self, params: Params, now: float, acct: str, sid: str) -> _Reply:
         return _Reply(200, self._call_json(self._find(sid), now))
 
-    def _update_call(self, params: Params, now: float, acct: str, sid: str) -> _Reply:
-        """Status=canceled ends queued/ringing calls only; Status=completed also hangs up live ones."""
+    def _update(self, params: Params, now: float, acct: str, sid: str) -> _Reply:
+        """Status=canceled ends queued/ringing calls only; Status=completed also live ones."""
         call, status = self._find(sid), _one(params, "Status")
-        if status not in (None, "canceled", "completed"):
-            raise ApiError(
-                400, CALLS_BAD_PARAM, f"Invalid Status {status!r}: canceled or completed"
-            )
+        if status not in (None, *ENDABLE):
+            raise ApiError(400, BAD_PARAM, f"Invalid Status {status!r}: canceled or completed")
         with self._lock:
-            current = call.status_at(now, self.speed)
-            if status and current in _ENDABLE[status]:
+            if status and call.status_at(now, self.speed) in ENDABLE[status]:
                 call.canceled_at = now
         return _Reply(200, self._call_json(call, now))
 
     def _list_calls(self, params: Params, now: float, acct: str) -> _Reply:
-        """Newest first; a `To` filter uses the index, anything else scans (fine for tests and demo)."""
-        size = _int(params, "PageSize", 50, 1, 1000, CALLS_BAD_PARAM)
-        page = _int(params, "Page", 0, 0, 10**9, CALLS_BAD_PARAM)
+        """Newest first; a To filter uses the index, anything else scans (fine for demo and tests)."""
+        size = _int(params, "PageSize", 50, 1, 1000, BAD_PARAM)
+        page = _int(params, "Page", 0, 0, 10**9, BAD_PARAM)
         want = {k: v for k in FILTERS.split() if (v := _one(params, k))}
         if want.get("Status", "queued") not in STATUSES:
-            raise ApiError(400, CALLS_BAD_PARAM, f"Invalid Status {want['Status']!r}")
+            raise ApiError(400, BAD_PARAM, f"Invalid Status {want['Status']!r}")
         times = [(k, _time_filter(k, v)) for k, v in want.items() if "Time" in k]
         with self._lock:
             pool = list(self._by_to.get(want["To"], ()) if "To" in want else self._calls)
@@ -598,9 +536,7 @@ class Simulator:
             and want.get("Status", "") in ("", c.status_at(now, speed))
             and all(match(self._time_of(c, k, now)) for k, match in times)
         ]
-        hits.sort(
-            key=lambda c: c.created_at, reverse=True
-        )  # stable: ties stay newest-created first
+        hits.sort(key=lambda c: c.created_at, reverse=True)  # stable: ties stay newest-first
         items, more, start = self._page(hits, size, page, _one(params, "PageToken"))
         rows = [self._call_json(c, now) for c in items]
         base = f"{API}/Accounts/{acct}/Calls.json"
@@ -614,14 +550,14 @@ class Simulator:
 
     def _page(self, hits: list[SimCall], size: int, page: int, token: str | None
               ) -> tuple[list[SimCall], bool, int]:  # fmt: skip
-        """(items, more after them, start). PA<sid> is the page after that call, PB<sid> the one
+        """(rows, more after them, start). PA<sid> is the page after that call, PB<sid> the one
         before it, so calls created between page fetches neither repeat nor vanish."""
         if token is None:
             return hits[page * size : (page + 1) * size], len(hits) > (page + 1) * size, page * size
         with self._lock:
             ref = self._by_sid.get(token[2:]) if token[:2] in ("PA", "PB") else None
         if ref is None:
-            raise ApiError(400, CALLS_BAD_PARAM, f"Invalid PageToken {token!r}")
+            raise ApiError(400, BAD_PARAM, f"Invalid PageToken {token!r}")
         key = (ref.created_at, ref.seq)
         if token.startswith("PA"):
             rest = [c for c in hits if (c.created_at, c.seq) < key]
@@ -635,24 +571,38 @@ class Simulator:
         ring, answer, end = c.ring_at(speed), c.answer_at(speed), c.ended_at(speed)
         started = ring if ring <= now and ring < end else None
         ended = end if status not in LIVE else None
-        answered = answer is not None and answer <= now
-        duration = None
-        if answer is not None and ended is not None:  # talk time, in simulated seconds
-            duration = str(round((end - answer) * speed))
-        moments = (c.created_at, started, answer if answered else None, ended)
-        updated = max(t for t in moments if t is not None)
+        answered = answer if answer is not None and answer <= now else None
+        talk = None if answered is None or ended is None else round((end - answered) * speed)
+        updated = max(t for t in (c.created_at, started, answered, ended) if t is not None)
         uri = f"{API}/Accounts/{self.account_sid}/Calls/{c.sid}"
         return {
-            "sid": c.sid, "date_created": _rfc2822(c.created_at), "date_updated": _rfc2822(updated),
-            "parent_call_sid": None, "account_sid": self.account_sid, "to": c.to,
-            "to_formatted": _formatted(c.to), "from": c.from_, "from_formatted": _formatted(c.from_),
-            "phone_number_sid": None, "status": status, "start_time": _rfc2822(started),
-            "end_time": _rfc2822(ended), "duration": duration, "price": None, "price_unit": "USD",
-            "direction": "outbound-api", "answered_by": c.plan.answered_by if answered else None,
-            "api_version": "2010-04-01", "forwarded_from": None, "group_sid": None,
-            "caller_name": None, "queue_time": "0", "trunk_sid": None, "uri": f"{uri}.json",
+            "sid": c.sid,
+            "date_created": _rfc2822(c.created_at),
+            "date_updated": _rfc2822(updated),
+            "parent_call_sid": None,
+            "account_sid": self.account_sid,
+            "to": c.to,
+            "to_formatted": _formatted(c.to),
+            "from": c.from_,
+            "from_formatted": _formatted(c.from_),
+            "phone_number_sid": None,
+            "status": status,
+            "start_time": _rfc2822(started),
+            "end_time": _rfc2822(ended),
+            "duration": None if talk is None else str(talk),
+            "price": None,
+            "price_unit": "USD",
+            "direction": "outbound-api",
+            "answered_by": c.plan.answered_by if answered else None,
+            "api_version": "2010-04-01",
+            "forwarded_from": None,
+            "group_sid": None,
+            "caller_name": None,
+            "queue_time": "0",
+            "trunk_sid": None,
+            "uri": f"{uri}.json",
             "subresource_uris": {k: f"{uri}/{k.title()}.json" for k in SUBRESOURCES},
-        }  # fmt: skip
+        }  # fmt: skip  (duration: talk time in simulated seconds)
 
     def _fetch_account(self, params: Params, now: float, acct: str) -> _Reply:
         uri = f"{API}/Accounts/{acct}"
@@ -667,16 +617,16 @@ class Simulator:
         })  # fmt: skip
 
     def _list_numbers(self, params: Params, now: float, acct: str) -> _Reply:
-        """The From numbers the account owns; without from_numbers, whatever number is asked about."""
-        size = _int(params, "PageSize", 50, 1, 1000, 400)
-        page = _int(params, "Page", 0, 0, 10**9, 400)
+        """The From numbers the account owns; without from_numbers, any number asked about."""
+        size, page = (
+            _int(params, "PageSize", 50, 1, 1000, 400),
+            _int(params, "Page", 0, 0, 10**9, 400),
+        )
         wanted = _one(params, "PhoneNumber")
         numbers = self._numbers if self._numbers is not None else [wanted] if wanted else []
         rows = [_number_json(acct, n, now) for n in numbers if wanted in (None, n)]
-        base, start = f"{API}/Accounts/{acct}/IncomingPhoneNumbers.json", page * size
+        start, base = page * size, f"{API}/Accounts/{acct}/IncomingPhoneNumbers.json"
         filters = {"PhoneNumber": wanted} if wanted else {}
-        page_rows, more = rows[start : start + size], len(rows) > start + size
-        body = _page_body(
-            "incoming_phone_numbers", page_rows, base, filters, size, page, start, more
-        )
+        more, rows = len(rows) > start + size, rows[start : start + size]
+        body = _page_body("incoming_phone_numbers", rows, base, filters, size, page, start, more)
         return _Reply(200, body)

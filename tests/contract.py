@@ -110,7 +110,9 @@ def _check_value(name: str, value: str, schema: dict[str, Any]) -> list[str]:
     if "pattern" in schema and not re.search(schema["pattern"], value):
         problems.append(f"{bad}: does not match {schema['pattern']}")
     if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
-        problems.append(f"{bad}: length outside {schema.get('minLength')}..{schema.get('maxLength')}")
+        problems.append(
+            f"{bad}: length outside {schema.get('minLength')}..{schema.get('maxLength')}"
+        )
     if fmt == "uri" and not _is_absolute_url(value):
         problems.append(f"{bad}: not an absolute URI")
     if fmt == "date-time" and not DATE_OR_TIME.fullmatch(value):
@@ -137,7 +139,9 @@ def validate_request(method: str, path: str, params: dict[str, list[str]]) -> li
     else:
         fields = {p["name"]: p["schema"] for p in declared if p["in"] == "query"}
         required = [p["name"] for p in declared if p["in"] == "query" and p.get("required")]
-    problems += [f"{name}: required by {op['operationId']}" for name in required if not params.get(name)]
+    problems += [
+        f"{name}: required by {op['operationId']}" for name in required if not params.get(name)
+    ]
     for name, values in params.items():
         if name not in fields:
             problems.append(f"{name}: not a parameter of {op['operationId']} ({template})")
@@ -152,7 +156,9 @@ def validate_request(method: str, path: str, params: dict[str, list[str]]) -> li
     return problems
 
 
-def validate_response(method: str, path: str, status: int, body: dict[str, Any] | None) -> list[str]:
+def validate_response(
+    method: str, path: str, status: int, body: dict[str, Any] | None
+) -> list[str]:
     """Violations by one response: 2xx bodies against the operation's schema, errors against
     Twilio's error shape (which the spec does not describe)."""
     found = _match(method, path)
@@ -163,13 +169,18 @@ def validate_response(method: str, path: str, status: int, body: dict[str, Any] 
     _, op, _ = found
     response = op["responses"].get(str(status))
     if response is None:
-        return [f"{op['operationId']}: the spec declares no {status} response ({sorted(op['responses'])})"]
+        return [
+            f"{op['operationId']}: the spec declares no {status} response ({sorted(op['responses'])})"
+        ]
     schema = response.get("content", {}).get("application/json", {}).get("schema")
     if schema is None:
         return [] if not body else [f"{op['operationId']} {status}: expected no body"]
     root = {**_to_jsonschema(schema), "components": COMPONENTS}
     validator = jsonschema.Draft202012Validator(root, format_checker=FORMATS)
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<body>'}: {e.message}" for e in validator.iter_errors(body)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<body>'}: {e.message}"
+        for e in validator.iter_errors(body)
+    ]
 
 
 def _check_error(status: int, body: dict[str, Any] | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""Settings: precedence with sources, one-line errors naming file and key, and the token kept secret."""
+"""Settings: precedence with sources, one-line errors naming file and key, a token kept secret."""
 
 from __future__ import annotations
 
@@ -127,7 +127,14 @@ def test_campaign_not_chosen_changes_nothing(tmp_path: Path) -> None:
     path = write(tmp_path, "campaigns: {a: {source: a.csv, dialing: {concurrency: 6}}}\n")
     settings = load_settings(path, {})
     assert settings.dialing.concurrency == 3
-    assert settings.campaigns["a"] == config.CampaignSettings("a", "a.csv")
+    campaign = settings.campaigns["a"]
+    assert (campaign.name, campaign.source, campaign.query, campaign.table) == (
+        "a",
+        "a.csv",
+        None,
+        None,
+    )
+    assert campaign.overrides == {"dialing": {"concurrency": 6}}
 
 
 def test_unknown_campaign_lists_the_known_ones(tmp_path: Path) -> None:
@@ -178,8 +185,9 @@ def test_load_settings_reads_only_the_env_it_is_given(monkeypatch: pytest.Monkey
         ("dialling: {concurrency: 4}", "dialling: unknown key; did you mean 'dialing'?"),
         ("leads: {zzz: 1}", "leads.zzz: unknown key; known keys: phone_column, default_region"),
         (
-            "campaigns: {crm: {source: x.csv, dialing: {retries: 2}}}",
-            "campaigns.crm.dialing.retries: unknown key; did you mean 'campaigns.crm.dialing.retry_on'?",
+            "campaigns: {crm: {source: x.csv, dialing: {retry_of: [busy]}}}",
+            "campaigns.crm.dialing.retry_of: unknown key; "
+            "did you mean 'campaigns.crm.dialing.retry_on'?",
         ),
         (
             "campaigns: {crm: {sorce: x.csv}}",
@@ -237,7 +245,8 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ),
         (
             "dialing: {calling_days: [mon, funday]}",
-            "dialing.calling_days: expected a list of mon, tue, wed, thu, fri, sat, sun, got 'funday' in it",
+            "dialing.calling_days: expected a list of mon, tue, wed, thu, fri, sat, sun, "
+            "got 'funday' in it",
         ),
         (
             "dialing: {timezone: Mars/Olympus}",
@@ -263,7 +272,8 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ),
         (
             "twilio: {from_number: +14155550100}",
-            "twilio.from_number: expected text, got 14155550100; put it in quotes (YAML reads +1415... as a number)",
+            "twilio.from_number: expected text, got 14155550100; "
+            "put it in quotes (YAML reads +1415... as a number)",
         ),
         ("twilio: [a, b]", "twilio: expected indented 'key: value' lines, got a list"),
         (
@@ -299,6 +309,19 @@ def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
     )
 
 
+def test_yaml_anchors_and_merges_still_work(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        dialing: &slow {concurrency: 1, poll_interval: 5}
+        campaigns:
+          night: {source: n.csv, dialing: {<<: *slow, concurrency: 2}}
+        """,
+    )
+    settings = load_settings(path, {}, campaign="night")
+    assert (settings.dialing.concurrency, settings.dialing.poll_interval) == (2, 5.0)
+
+
 def test_non_utf8_file(tmp_path: Path) -> None:
     path = tmp_path / "dialer.yaml"
     path.write_bytes(b"leads:\n  phone_column: t\xe9l\n")
@@ -311,10 +334,10 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
 
 def test_bad_values_from_flags_name_the_flag(tmp_path: Path) -> None:
     assert error_of(None, overrides={"dialing.concurrency": 0}) == (
-        "--concurrency: expected a whole number ≥ 1, got 0"
+        "--concurrency: dialing.concurrency: expected a whole number ≥ 1, got 0"
     )
     assert error_of(None, overrides={"leads.phone_column": " "}) == (
-        "--phone-column: expected a column name, got ' '"
+        "--phone-column: leads.phone_column: expected a column name, got ' '"
     )
 
 

@@ -235,6 +235,22 @@ def test_unterminated_quote_names_the_line_where_the_record_started(tmp_path: Pa
     )
 
 
+def test_unclosed_quote_in_a_big_file_names_the_line_where_it_opened(tmp_path: Path) -> None:
+    rows = "".join(f"P{i},+1212{2000000 + i:07d}\n" for i in range(20_000))
+    path = write(tmp_path, f'name,phone\nAda,+12125550123\n"Bob,+12125550124\n{rows}')
+    assert error_of(path) == (
+        f"{path}: line 3: a field over 131072 characters; check for an unclosed quote"
+    )
+
+
+def test_old_mac_line_endings(tmp_path: Path) -> None:
+    path = write(tmp_path, "name,phone\rAda,+12125550123\r")
+    assert error_of(path) == (
+        f"{path}: line 1: bare carriage return in an unquoted field; "
+        "save the file with standard line endings"
+    )
+
+
 def test_stray_quote(tmp_path: Path) -> None:
     path = write(tmp_path, 'name,phone\n"Ada"x,+12125550123\n')
     assert error_of(path).startswith(f"{path}: line 2: malformed CSV (")

@@ -45,7 +45,9 @@ URL = "https://example.com/twiml"
 ACCOUNT = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
 CALLS = f"{ACCOUNT}/Calls.json"
 OTHER_ACCOUNT = "AC" + "f" * 32
-STANDARD = CallPlan("completed", queue_s=1, ring_s=4, talk_s=10)  # rings at +1, answered +5, ends +15
+STANDARD = CallPlan(
+    "completed", queue_s=1, ring_s=4, talk_s=10
+)  # rings at +1, answered +5, ends +15
 CALL_PROPERTIES = set(SPEC["components"]["schemas"]["api.v2010.account.call"]["properties"])
 
 
@@ -73,7 +75,9 @@ class RecordingHttpClient(TwilioHttpClient):
         except Exception:
             self.seen.append((method, urlsplit(url).path, None, "", None))
             raise
-        self.seen.append((method, urlsplit(url).path, response.status_code, response.text, response.headers))
+        self.seen.append(
+            (method, urlsplit(url).path, response.status_code, response.text, response.headers)
+        )
         return response
 
 
@@ -104,7 +108,10 @@ class Harness:
         creds = base64.b64encode(f"{DEFAULT_ACCOUNT_SID}:{DEFAULT_AUTH_TOKEN}".encode()).decode()
         request.add_header("Authorization", f"Basic {creds}")
         if bad:
-            parsed = {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in (params or {}).items()}
+            parsed = {
+                k: [str(x) for x in (v if isinstance(v, list) else [v])]
+                for k, v in (params or {}).items()
+            }
             self.deliberately_bad.append((method, path, parsed))
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
@@ -129,7 +136,11 @@ class Harness:
                 assert violations == [], f"{r.method} {r.path} {r.params}"
         for method, path, status, text, _ in self.seen:
             if status is not None:
-                assert validate_response(method, path, status, json.loads(text)) == [], (method, path, text)
+                assert validate_response(method, path, status, json.loads(text)) == [], (
+                    method,
+                    path,
+                    text,
+                )
 
 
 @pytest.fixture(autouse=True)
@@ -167,16 +178,28 @@ def at(seconds: float) -> datetime:
 # ---- create / fetch / lifecycle ------------------------------------------------------------------
 
 
-def test_create_returns_a_queued_call_with_every_property_of_the_spec(harness: Callable[..., Harness]) -> None:
+def test_create_returns_a_queued_call_with_every_property_of_the_spec(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
-    call = h.client.calls.create(to=TO, from_=FROM, url=URL, status_callback_event=["initiated", "answered"])
+    call = h.client.calls.create(
+        to=TO, from_=FROM, url=URL, status_callback_event=["initiated", "answered"]
+    )
 
     assert h.seen[-1][2] == 201
     body = h.last_body()
     assert set(body) == CALL_PROPERTIES
-    assert (call.status, call.direction, call.api_version) == ("queued", "outbound-api", "2010-04-01")
+    assert (call.status, call.direction, call.api_version) == (
+        "queued",
+        "outbound-api",
+        "2010-04-01",
+    )
     assert (call.to, call._from, call.to_formatted) == (TO, FROM, "(415) 555-0100")
-    assert call.account_sid == DEFAULT_ACCOUNT_SID and call.sid.startswith("CA") and len(call.sid) == 34
+    assert (
+        call.account_sid == DEFAULT_ACCOUNT_SID
+        and call.sid.startswith("CA")
+        and len(call.sid) == 34
+    )
     assert call.date_created == at(0) and call.start_time is None and call.end_time is None
     assert body["duration"] is None and body["price"] is None
     assert body["uri"] == f"{ACCOUNT}/Calls/{call.sid}.json"
@@ -184,11 +207,16 @@ def test_create_returns_a_queued_call_with_every_property_of_the_spec(harness: C
     assert (ledger.sid, ledger.to, ledger.from_, ledger.created_at) == (call.sid, TO, FROM, T0)
     [create] = h.sim.creates()
     assert create.status == 201 and create.at == T0
-    assert create.params["StatusCallbackEvent"] == ["initiated", "answered"]  # repeated keys, as sent
+    assert create.params["StatusCallbackEvent"] == [
+        "initiated",
+        "answered",
+    ]  # repeated keys, as sent
 
 
 def test_a_call_walks_queued_ringing_in_progress_completed(harness: Callable[..., Harness]) -> None:
-    h = harness(plan=plans(STANDARD, n14155550100=CallPlan("completed", 1, 4, 10, answered_by="human")))
+    h = harness(
+        plan=plans(STANDARD, n14155550100=CallPlan("completed", 1, 4, 10, answered_by="human"))
+    )
     sid = h.client.calls.create(to=TO, from_=FROM, url=URL).sid
     seen = []
     for t in (0.5, 1, 4.9, 5, 14.9, 15, 100):
@@ -218,7 +246,12 @@ def test_unanswered_calls_end_after_ringing(harness: Callable[..., Harness], out
     assert h.client.calls(sid).fetch().status == "ringing"
     h.clock.now = T0 + 5
     call = h.client.calls(sid).fetch()
-    assert (call.status, call.start_time, call.end_time, call.duration) == (outcome, at(1), at(5), None)
+    assert (call.status, call.start_time, call.end_time, call.duration) == (
+        outcome,
+        at(1),
+        at(5),
+        None,
+    )
     assert not h.sim.calls()[0].answered(1.0)
 
 
@@ -234,13 +267,19 @@ def test_speed_divides_the_plan_by_the_clock(harness: Callable[..., Harness]) ->
     assert h.sim.calls()[0].ended_at(60) == pytest.approx(T0 + 2)
 
 
-def test_update_cancels_unanswered_calls_and_completes_live_ones(harness: Callable[..., Harness]) -> None:
+def test_update_cancels_unanswered_calls_and_completes_live_ones(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
-    queued, ringing, talking, done = (h.client.calls.create(to=n, from_=FROM, url=URL).sid for n in (TO, TO2, TO3, TO4))
+    queued, ringing, talking, done = (
+        h.client.calls.create(to=n, from_=FROM, url=URL).sid for n in (TO, TO2, TO3, TO4)
+    )
     h.clock.now = T0 + 0.5
     assert h.client.calls(queued).update(status="canceled").status == "canceled"
     h.clock.now = T0 + 2
-    call = h.client.calls(ringing).update(status="completed")  # never answered: recorded as canceled
+    call = h.client.calls(ringing).update(
+        status="completed"
+    )  # never answered: recorded as canceled
     assert (call.status, call.end_time, call.duration) == ("canceled", at(2), None)
     h.clock.now = T0 + 7
     assert h.client.calls(talking).update(status="canceled").status == "in-progress"  # too late
@@ -253,7 +292,9 @@ def test_update_cancels_unanswered_calls_and_completes_live_ones(harness: Callab
     assert ends == {queued: T0 + 0.5, ringing: T0 + 2, talking: T0 + 7, done: None}
 
 
-def test_max_live_and_live_at_follow_the_simulated_timeline(harness: Callable[..., Harness]) -> None:
+def test_max_live_and_live_at_follow_the_simulated_timeline(
+    harness: Callable[..., Harness],
+) -> None:
     short = CallPlan("completed", queue_s=1, ring_s=4, talk_s=5)  # ends at +10
     h = harness(plan=plans(short, n14155550101=CallPlan("busy", queue_s=1, ring_s=4)))  # ends +5
     h.client.calls.create(to=TO, from_=FROM, url=URL)
@@ -271,7 +312,9 @@ def test_max_live_and_live_at_follow_the_simulated_timeline(harness: Callable[..
 # ---- errors ---------------------------------------------------------------------------------------
 
 
-def test_wrong_credentials_get_401_20003_and_create_nothing(harness: Callable[..., Harness]) -> None:
+def test_wrong_credentials_get_401_20003_and_create_nothing(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
     with pytest.raises(TwilioRestException) as e:
         h.make_client(token="wrong").calls.create(to=TO, from_=FROM, url=URL)
@@ -307,7 +350,9 @@ def test_another_accounts_path_is_404(harness: Callable[..., Harness]) -> None:
         ({"timeout": 601}, 21208),
     ],
 )
-def test_create_rejections(harness: Callable[..., Harness], kwargs: dict[str, Any], code: int) -> None:
+def test_create_rejections(
+    harness: Callable[..., Harness], kwargs: dict[str, Any], code: int
+) -> None:
     h = harness(from_numbers=[FROM, "+15005550001"])
     args: dict[str, Any] = {"to": TO, "from_": FROM, "url": URL, **kwargs}
     with pytest.raises(TwilioRestException) as e:
@@ -316,7 +361,9 @@ def test_create_rejections(harness: Callable[..., Harness], kwargs: dict[str, An
     assert h.sim.calls() == [] and [r.status for r in h.sim.creates()] == [400]
 
 
-def test_requests_outside_the_spec_are_refused_by_simulator_and_contract(harness: Callable[..., Harness]) -> None:
+def test_requests_outside_the_spec_are_refused_by_simulator_and_contract(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
     sid = h.client.calls.create(to=TO, from_=FROM, url=URL).sid
     cases = [
@@ -345,7 +392,9 @@ def test_list_is_newest_first_and_pages_through_everything(harness: Callable[...
     for _ in range(5):
         sids.append(h.client.calls.create(to=TO, from_=FROM, url=URL).sid)
         h.clock.advance(0.5)
-    sids.append(h.client.calls.create(to=TO, from_=FROM, url=URL).sid)  # same created_at as none else
+    sids.append(
+        h.client.calls.create(to=TO, from_=FROM, url=URL).sid
+    )  # same created_at as none else
     h.client.calls.create(to=TO2, from_=FROM, url=URL)
 
     listed = [c.sid for c in h.client.calls.list(to=TO, page_size=2)]
@@ -358,7 +407,9 @@ def test_list_is_newest_first_and_pages_through_everything(harness: Callable[...
     assert [c.sid for c in h.client.calls.list(to=TO, status="ringing")] == sids[2::-1]
 
 
-def test_calls_created_at_the_same_instant_list_in_reverse_creation_order(harness: Callable[..., Harness]) -> None:
+def test_calls_created_at_the_same_instant_list_in_reverse_creation_order(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
     sids = [h.client.calls.create(to=TO, from_=FROM, url=URL).sid for _ in range(3)]
     assert [c.sid for c in h.client.calls.list(to=TO, page_size=2)] == sids[::-1]
@@ -381,16 +432,20 @@ def test_page_tokens_hold_steady_while_new_calls_arrive(harness: Callable[..., H
 def test_start_time_filters_miss_calls_that_have_not_rung(harness: Callable[..., Harness]) -> None:
     h = harness()
     h.client.calls.create(to=TO, from_=FROM, url=URL)
-    day = at(0).date()
+    day = at(0).strftime("%Y-%m-%d")  # a day compares by date, a full time exactly
     assert h.client.calls.list(to=TO, start_time_after=day) == []  # queued: start_time empty
     h.clock.advance(1)
     assert len(h.client.calls.list(to=TO, start_time_after=day, start_time_before=day)) == 1
-    assert h.client.calls.list(to=TO, end_time_after=day) == []
+    assert len(h.client.calls.list(to=TO, start_time_after=at(1))) == 1
+    assert h.client.calls.list(to=TO, start_time_after=at(2)) == []
+    assert h.client.calls.list(to=TO, end_time=day) == []  # still live
     h.clock.advance(20)
     assert len(h.client.calls.list(to=TO, end_time=day)) == 1
 
 
-def test_list_lag_hides_a_new_call_until_the_clock_passes_it(harness: Callable[..., Harness]) -> None:
+def test_list_lag_hides_a_new_call_until_the_clock_passes_it(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness(faults=Faults(list_lag_s=5))
     sid = h.client.calls.create(to=TO, from_=FROM, url=URL).sid
     assert h.client.calls.list(to=TO) == []
@@ -404,7 +459,9 @@ def test_list_lag_hides_a_new_call_until_the_clock_passes_it(harness: Callable[.
 # ---- faults -------------------------------------------------------------------------------------
 
 
-def test_429_is_rate_limiting_with_retry_after_and_nothing_processed(harness: Callable[..., Harness]) -> None:
+def test_429_is_rate_limiting_with_retry_after_and_nothing_processed(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness(faults=Faults(p_429=1))
     with pytest.raises(TwilioRestException) as e:
         h.client.calls.create(to=TO, from_=FROM, url=URL)
@@ -424,7 +481,9 @@ def test_500_before_processing_creates_nothing(harness: Callable[..., Harness]) 
     assert h.sim.calls() == []
 
 
-def test_500_after_create_leaves_a_call_the_client_never_heard_of(harness: Callable[..., Harness]) -> None:
+def test_500_after_create_leaves_a_call_the_client_never_heard_of(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness(faults=Faults(p_500_after_create=1))
     with pytest.raises(TwilioRestException) as e:
         h.client.calls.create(to=TO, from_=FROM, url=URL)
@@ -432,7 +491,9 @@ def test_500_after_create_leaves_a_call_the_client_never_heard_of(harness: Calla
     assert [c.to for c in h.sim.calls()] == [TO] and [r.status for r in h.sim.creates()] == [500]
 
 
-def test_a_dropped_create_made_the_call_and_the_server_survives(harness: Callable[..., Harness]) -> None:
+def test_a_dropped_create_made_the_call_and_the_server_survives(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
     client = h.make_client(timeout=2)
     client.calls.list(to=TO)  # warm a keep-alive connection, so the drop hits a reused socket
@@ -451,11 +512,15 @@ def test_slow_answers_take_real_time(harness: Callable[..., Harness]) -> None:
     assert time.monotonic() - started >= 0.2
 
 
-def test_held_creates_are_processed_but_answered_only_on_release(harness: Callable[..., Harness]) -> None:
+def test_held_creates_are_processed_but_answered_only_on_release(
+    harness: Callable[..., Harness],
+) -> None:
     h = harness()
     h.sim.hold_creates()
     result: list[str] = []
-    worker = threading.Thread(target=lambda: result.append(h.client.calls.create(to=TO, from_=FROM, url=URL).sid))
+    worker = threading.Thread(
+        target=lambda: result.append(h.client.calls.create(to=TO, from_=FROM, url=URL).sid)
+    )
     worker.start()
     assert h.sim.wait_held(1, timeout=5)
     assert h.sim.held() == 1 and len(h.sim.calls()) == 1 and result == []
@@ -519,6 +584,8 @@ def test_a_stopped_simulator_answers_nothing(harness: Callable[..., Harness]) ->
     h.sim.stop()
     with pytest.raises(requests.exceptions.ConnectionError):
         client.calls.list(to=TO)
+    assert len(h.sim.requests()) == 1  # nothing after stop() reaches the ledger
+    h.seen.pop()
 
 
 def test_the_plan_sees_the_nth_call_to_each_number(harness: Callable[..., Harness]) -> None:
@@ -532,9 +599,16 @@ def test_the_plan_sees_the_nth_call_to_each_number(harness: Callable[..., Harnes
 def test_default_plan_is_deterministic_and_weighted_as_documented() -> None:
     assert default_plan(7, TO, 0) == default_plan(7, TO, 0) != default_plan(7, TO, 1)
     sample = [default_plan(1, f"+1415555{i:04d}", 0) for i in range(4000)]
-    share = {o: sum(p.outcome == o for p in sample) / len(sample) for o in ("completed", "no-answer", "busy", "failed")}
-    assert share == pytest.approx({"completed": 0.65, "no-answer": 0.15, "busy": 0.12, "failed": 0.08}, abs=0.03)
-    assert all(0.2 <= p.queue_s <= 1 and 2 <= p.ring_s <= 10 and 15 <= p.talk_s <= 90 for p in sample)
+    share = {
+        o: sum(p.outcome == o for p in sample) / len(sample)
+        for o in ("completed", "no-answer", "busy", "failed")
+    }
+    assert share == pytest.approx(
+        {"completed": 0.65, "no-answer": 0.15, "busy": 0.12, "failed": 0.08}, abs=0.03
+    )
+    assert all(
+        0.2 <= p.queue_s <= 1 and 2 <= p.ring_s <= 10 and 15 <= p.talk_s <= 90 for p in sample
+    )
     assert {p.answered_by for p in sample} == {None}
 
 
@@ -543,16 +617,28 @@ def test_default_plan_is_deterministic_and_weighted_as_documented() -> None:
 
 def test_contract_flags_bad_requests_and_passes_good_ones() -> None:
     sid = "CA" + "a" * 32
-    good = {"To": [TO], "From": [FROM], "Url": [URL], "StatusCallbackEvent": ["initiated", "answered"]}
+    good = {
+        "To": [TO],
+        "From": [FROM],
+        "Url": [URL],
+        "StatusCallbackEvent": ["initiated", "answered"],
+    }
     assert validate_request("POST", CALLS, good) == []
-    assert validate_request("GET", CALLS, {"To": [TO], "StartTime>": ["2025-07-01T12:30:00Z"]}) == []
+    assert (
+        validate_request("GET", CALLS, {"To": [TO], "StartTime>": ["2025-07-01T12:30:00Z"]}) == []
+    )
     assert validate_request("POST", f"{ACCOUNT}/Calls/{sid}.json", {"Status": ["canceled"]}) == []
 
     assert any("To" in v for v in validate_request("POST", CALLS, {"From": [FROM], "Url": [URL]}))
     assert any("PageSize" in v for v in validate_request("GET", CALLS, {"PageSize": ["5000"]}))
     assert any("Sid" in v for v in validate_request("GET", f"{ACCOUNT}/Calls/CAxyz.json", {}))
-    assert any("Status" in v for v in validate_request("POST", f"{ACCOUNT}/Calls/{sid}.json", {"Status": ["busy"]}))
-    assert validate_request("POST", CALLS, {**good, "Timeout": ["soon"], "Method": ["PUT"], "Record": ["yes"]})
+    assert any(
+        "Status" in v
+        for v in validate_request("POST", f"{ACCOUNT}/Calls/{sid}.json", {"Status": ["busy"]})
+    )
+    assert validate_request(
+        "POST", CALLS, {**good, "Timeout": ["soon"], "Method": ["PUT"], "Record": ["yes"]}
+    )
     assert validate_request("POST", CALLS, {**good, "Url": ["not a url"]})
     assert validate_request("POST", CALLS, {**good, "To": [TO, TO2]})  # not an array field
     assert validate_request("GET", CALLS, {"Pagesize": ["5"]})  # a typo Twilio would ignore
@@ -561,12 +647,21 @@ def test_contract_flags_bad_requests_and_passes_good_ones() -> None:
 
 
 def test_contract_checks_response_bodies() -> None:
-    call = {"sid": "CA" + "a" * 32, "status": "queued", "date_created": "Tue, 31 Aug 2010 20:36:28 GMT"}
+    call = {
+        "sid": "CA" + "a" * 32,
+        "status": "queued",
+        "date_created": "Tue, 31 Aug 2010 20:36:28 GMT",
+    }
     assert validate_response("POST", CALLS, 201, call) == []
     assert validate_response("POST", CALLS, 200, call)  # Twilio answers a create with 201
     assert validate_response("POST", CALLS, 201, {**call, "status": "dialing"})
     assert validate_response("POST", CALLS, 201, {**call, "date_created": "yesterday"})
     assert validate_response("POST", CALLS, 201, {**call, "lead_id": "7"})  # not a spec property
-    error = {"code": 20404, "message": "nope", "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404}
+    error = {
+        "code": 20404,
+        "message": "nope",
+        "more_info": "https://www.twilio.com/docs/errors/20404",
+        "status": 404,
+    }
     assert validate_response("GET", CALLS, 404, error) == []
     assert validate_response("GET", CALLS, 404, {"message": "nope"})

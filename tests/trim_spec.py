@@ -28,7 +28,11 @@ REF_PREFIX = "#/components/schemas/"
 def _refs(node: Any) -> set[str]:
     """Schema names referenced anywhere below `node`."""
     if isinstance(node, dict):
-        found = {node["$ref"][len(REF_PREFIX) :]} if str(node.get("$ref", "")).startswith(REF_PREFIX) else set()
+        found = (
+            {node["$ref"][len(REF_PREFIX) :]}
+            if str(node.get("$ref", "")).startswith(REF_PREFIX)
+            else set()
+        )
         return found.union(*(_refs(v) for v in node.values()))
     if isinstance(node, list):
         return set().union(*(_refs(v) for v in node))
@@ -40,7 +44,9 @@ def trim(spec: dict[str, Any]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, methods in KEEP.items():
         item = spec["paths"][path]
-        paths[path] = {k: v for k, v in item.items() if k not in METHODS or methods is None or k in methods}
+        paths[path] = {
+            k: v for k, v in item.items() if k not in METHODS or methods is None or k in methods
+        }
     schemas = spec["components"]["schemas"]
     wanted, todo = set(), _refs(paths)
     while todo:
@@ -48,10 +54,19 @@ def trim(spec: dict[str, Any]) -> dict[str, Any]:
         if name not in wanted:
             wanted.add(name)
             todo |= _refs(schemas[name])
-    tags = {t for item in paths.values() for k, op in item.items() if k in METHODS for t in op.get("tags", [])}
+    tags = {
+        t
+        for item in paths.values()
+        for k, op in item.items()
+        if k in METHODS
+        for t in op.get("tags", [])
+    }
     return {
         "openapi": spec["openapi"],
-        "info": {**spec["info"], "x-trimmed-from": f"twilio/twilio-oai spec/json/twilio_api_v2010.json @ {SOURCE_COMMIT}"},
+        "info": {
+            **spec["info"],
+            "x-trimmed-from": f"twilio/twilio-oai spec/json/twilio_api_v2010.json @ {SOURCE_COMMIT}",
+        },
         "servers": spec.get("servers", []),
         "security": spec.get("security", []),
         "tags": [t for t in spec.get("tags", []) if t.get("name") in tags],
@@ -68,7 +83,9 @@ def main(argv: list[str]) -> None:
     out = Path(__file__).with_name("twilio_calls_spec.json")
     trimmed = trim(json.loads(source.read_text(encoding="utf-8")))
     out.write_text(json.dumps(trimmed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {out} ({out.stat().st_size:,} bytes, {len(trimmed['components']['schemas'])} schemas)")
+    print(
+        f"wrote {out} ({out.stat().st_size:,} bytes, {len(trimmed['components']['schemas'])} schemas)"
+    )
 
 
 if __name__ == "__main__":
