@@ -56,7 +56,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Where the database lives.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 DbOption = Annotated[
@@ -262,7 +262,7 @@ def start(
     )
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
         store = open_store(db)
-        runner.check_source(store, lead_source, new, None)
+        runner.check_source(store, lead_source, target, new)
         run_id = runner.import_run(store, lead_source, settings, target, time.time())
         snap = runner.snapshot(store, run_id, time.time())
         if not as_json:

@@ -127,12 +127,20 @@ def _plain(section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_source(store: Store, source: LeadSource, new: bool, campaign: str | None) -> None:
-    """One unfinished run per source: starting it again names the run to resume instead."""
-    latest = store.latest_run(source_key=source.key, campaign=campaign)
+def check_source(
+    store: Store, source: LeadSource, target: Target, new: bool, campaign: str | None = None
+) -> None:
+    """One unfinished run per source and account: starting it again names the run to resume.
+
+    A completed source is dialled again only with --new, except on the simulator, which
+    reaches nobody (so the demo can be run again and again).
+    """
+    latest = store.latest_run(source_key=source.key, campaign=campaign, target=target.key)
     if latest is None or new:
         return
-    if latest.status in (RunStatus.COMPLETED,):
+    if latest.status == RunStatus.COMPLETED:
+        if target.simulated:
+            return
         raise InputError(
             f"{source.name} was already dialled in run {latest.id} (completed); "
             f"pass --new to dial it again"

@@ -45,7 +45,8 @@ SUBRESOURCES = "notifications recordings payments events siprec streams transcri
 NUMBER_NULLS = """address_sid identity_sid sms_application_sid sms_fallback_url sms_url trunk_sid
     status_callback voice_application_sid voice_fallback_url voice_url emergency_address_sid
     bundle_sid""".split()
-NUMBER_POSTS = "sms_fallback_method sms_method status_callback_method voice_fallback_method"
+NUMBER_POSTS = "sms_fallback_method sms_method status_callback_method voice_fallback_method".split()
+OUTCOME_CAPS = (("completed", 0.65), ("no-answer", 0.80), ("busy", 0.92), ("failed", 1.0))
 Params = dict[str, list[str]]
 
 
@@ -151,9 +152,7 @@ def default_plan(seed: int, to: str, nth: int) -> CallPlan:
     """Deterministic per (seed, to, nth), so a rerun of a campaign plays out the same."""
     rng = random.Random(f"{seed}:{to}:{nth}")
     x = rng.random()
-    outcome = (
-        "completed" if x < 0.65 else "no-answer" if x < 0.8 else "busy" if x < 0.92 else "failed"
-    )
+    outcome = next(name for name, cap in OUTCOME_CAPS if x < cap)
     queue, ring, talk = rng.uniform(0.2, 1.0), rng.uniform(2.0, 10.0), rng.uniform(15.0, 90.0)
     return CallPlan(outcome, queue_s=queue, ring_s=ring, talk_s=talk)
 
@@ -256,10 +255,7 @@ def _page_body(key: str, rows: list[dict[str, Any]], base: str, filters: dict[st
 def _number_json(acct: str, number: str, now: float) -> dict[str, Any]:
     """An IncomingPhoneNumber: every schema property, enums valid, the rest null."""
     sid = f"PN{random.Random(number).getrandbits(128):032x}"
-    row: dict[str, Any] = {
-        **dict.fromkeys(NUMBER_NULLS),
-        **dict.fromkeys(NUMBER_POSTS.split(), "POST"),
-    }
+    row: dict[str, Any] = dict.fromkeys(NUMBER_NULLS) | dict.fromkeys(NUMBER_POSTS, "POST")
     row.update(account_sid=acct, address_requirements="none", api_version="2010-04-01", beta=False,
                capabilities={"voice": True, "sms": True, "mms": True, "fax": False}, sid=sid,
                date_created=_rfc2822(now), date_updated=_rfc2822(now), phone_number=number,
@@ -288,9 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
             params.setdefault(key, []).extend(values)
         reply = _Reply(0)  # a stopped simulator answers nothing, even on old keep-alive sockets
         if not sim._stopped.is_set():
-            reply = sim._respond(
-                self.command, split.path, params, self.headers.get("Authorization")
-            )
+            auth = self.headers.get("Authorization")
+            reply = sim._respond(self.command, split.path, params, auth)
         if reply.status == 0:
             self.close_connection = True
             return
@@ -329,8 +324,9 @@ _ROUTES = [  # (path, {method: Simulator handler})
 class Simulator:
     """The server and its ledger. One lock (a Condition, so held creates can wait) guards it all."""
 
-    def __init__(self, *, account_sid: str = DEFAULT_ACCOUNT_SID, auth_token: str = DEFAULT_AUTH_TOKEN,
-                 clock: Callable[[], float] = time.time, speed: float = 1.0, seed: int = 0,
+    def __init__(self, *, account_sid: str = DEFAULT_ACCOUNT_SID,
+                 auth_token: str = DEFAULT_AUTH_TOKEN, clock: Callable[[], float] = time.time,
+                 speed: float = 1.0, seed: int = 0,
                  plan: Callable[[str, int], CallPlan] | None = None, faults: Faults | None = None,
                  from_numbers: Iterable[str] | None = None) -> None:  # fmt: skip
         self.account_sid, self.auth_token = account_sid, auth_token
@@ -407,7 +403,7 @@ class Simulator:
         return sum(1 for c in self.calls() if c.created_at <= t < c.ended_at(self.speed))
 
     def max_live(self) -> int:
-        """Peak simultaneous calls over the simulated timeline (created inclusive, ended exclusive)."""
+        """Peak simultaneous calls over the ledger (created inclusive, ended exclusive)."""
         spans = [(c.created_at, c.ended_at(self.speed)) for c in self.calls()]
         peak = live = 0
         for _, delta in sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans]):
@@ -517,7 +513,7 @@ class Simulator:
         return _Reply(200, self._call_json(call, now))
 
     def _list_calls(self, params: Params, now: float, acct: str) -> _Reply:
-        """Newest first; a To filter uses the index, anything else scans (fine for demo and tests)."""
+        """Newest first; a To filter uses the index, anything else scans every call."""
         size = _int(params, "PageSize", 50, 1, 1000, BAD_PARAM)
         page = _int(params, "Page", 0, 0, 10**9, BAD_PARAM)
         want = {k: v for k in FILTERS.split() if (v := _one(params, k))}
@@ -575,41 +571,24 @@ class Simulator:
         talk = None if answered is None or ended is None else round((end - answered) * speed)
         updated = max(t for t in (c.created_at, started, answered, ended) if t is not None)
         uri = f"{API}/Accounts/{self.account_sid}/Calls/{c.sid}"
+        duration = None if talk is None else str(talk)  # talk time, in simulated seconds
         return {
-            "sid": c.sid,
-            "date_created": _rfc2822(c.created_at),
-            "date_updated": _rfc2822(updated),
-            "parent_call_sid": None,
-            "account_sid": self.account_sid,
-            "to": c.to,
-            "to_formatted": _formatted(c.to),
-            "from": c.from_,
-            "from_formatted": _formatted(c.from_),
-            "phone_number_sid": None,
-            "status": status,
+            "sid": c.sid, "date_created": _rfc2822(c.created_at), "date_updated": _rfc2822(updated),
+            "parent_call_sid": None, "account_sid": self.account_sid, "to": c.to,
+            "to_formatted": _formatted(c.to), "from": c.from_, "phone_number_sid": None,
+            "from_formatted": _formatted(c.from_), "status": status,
             "start_time": _rfc2822(started),
-            "end_time": _rfc2822(ended),
-            "duration": None if talk is None else str(talk),
-            "price": None,
-            "price_unit": "USD",
-            "direction": "outbound-api",
-            "answered_by": c.plan.answered_by if answered else None,
-            "api_version": "2010-04-01",
-            "forwarded_from": None,
-            "group_sid": None,
-            "caller_name": None,
-            "queue_time": "0",
-            "trunk_sid": None,
-            "uri": f"{uri}.json",
+            "end_time": _rfc2822(ended), "duration": duration, "price": None, "price_unit": "USD",
+            "direction": "outbound-api", "answered_by": c.plan.answered_by if answered else None,
+            "api_version": "2010-04-01", "forwarded_from": None, "group_sid": None,
+            "caller_name": None, "queue_time": "0", "trunk_sid": None, "uri": f"{uri}.json",
             "subresource_uris": {k: f"{uri}/{k.title()}.json" for k in SUBRESOURCES},
-        }  # fmt: skip  (duration: talk time in simulated seconds)
+        }  # fmt: skip
 
     def _fetch_account(self, params: Params, now: float, acct: str) -> _Reply:
         uri = f"{API}/Accounts/{acct}"
-        subs = {
-            "calls": f"{uri}/Calls.json",
-            "incoming_phone_numbers": f"{uri}/IncomingPhoneNumbers.json",
-        }
+        subs = {"calls": f"{uri}/Calls.json"}
+        subs["incoming_phone_numbers"] = f"{uri}/IncomingPhoneNumbers.json"
         return _Reply(200, {
             "auth_token": None, "date_created": _rfc2822(now), "date_updated": _rfc2822(now),
             "friendly_name": "Simulated account", "owner_account_sid": acct, "sid": acct,
@@ -618,10 +597,8 @@ class Simulator:
 
     def _list_numbers(self, params: Params, now: float, acct: str) -> _Reply:
         """The From numbers the account owns; without from_numbers, any number asked about."""
-        size, page = (
-            _int(params, "PageSize", 50, 1, 1000, 400),
-            _int(params, "Page", 0, 0, 10**9, 400),
-        )
+        size = _int(params, "PageSize", 50, 1, 1000, 400)
+        page = _int(params, "Page", 0, 0, 10**9, 400)
         wanted = _one(params, "PhoneNumber")
         numbers = self._numbers if self._numbers is not None else [wanted] if wanted else []
         rows = [_number_json(acct, n, now) for n in numbers if wanted in (None, n)]

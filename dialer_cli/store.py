@@ -295,11 +295,13 @@ class Store:
         return [_run(r) for r in self.read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC")]
 
     def latest_run(
-        self, *, source_key: str | None = None, campaign: str | None = None
+        self, *, target: str, source_key: str | None = None, campaign: str | None = None
     ) -> Run | None:
         column, value = ("campaign", campaign) if campaign else ("source_key", source_key)
         rows = self.read(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {column}=? ORDER BY id DESC LIMIT 1", (value,)
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {column}=? AND target=? "
+            f"ORDER BY id DESC LIMIT 1",
+            (value, target),
         )
         return _run(rows[0]) if rows else None
 

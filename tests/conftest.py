@@ -130,8 +130,14 @@ def harness(store: Store, calls: TwilioCalls, clock: FakeClock) -> Callable[...,
         opts = Options(**{"poll_interval": 1.0, "reconcile_grace": 5.0, **options})
         params = CallParams(twiml="<Response><Say>Hi</Say></Response>")
         dialer = Dialer(
-            store, calls, run_id, owner, options=opts, params_for=lambda c: params,
-            pick_from=lambda to: FROM, clock=clock,
+            store,
+            calls,
+            run_id,
+            owner,
+            options=opts,
+            params_for=lambda c: params,
+            pick_from=lambda to: FROM,
+            clock=clock,
         )
         return Harness(store, dialer, clock)
 

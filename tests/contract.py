@@ -169,9 +169,8 @@ def validate_response(
     _, op, _ = found
     response = op["responses"].get(str(status))
     if response is None:
-        return [
-            f"{op['operationId']}: the spec declares no {status} response ({sorted(op['responses'])})"
-        ]
+        declared = sorted(op["responses"])
+        return [f"{op['operationId']}: the spec declares no {status} response ({declared})"]
     schema = response.get("content", {}).get("application/json", {}).get("schema")
     if schema is None:
         return [] if not body else [f"{op['operationId']} {status}: expected no body"]

@@ -87,14 +87,32 @@ def test_piped_progress_has_no_escape_codes(tmp_path):
     assert any(" call placed to " in line for line in result.stderr.splitlines())
 
 
-def test_same_source_twice_names_the_run_to_resume(tmp_path):
+def test_same_source_twice_needs_new_or_names_the_run_to_resume(tmp_path, live_sim):
+    db = tmp_path / "d.db"
+    cfg = write_config(tmp_path / "c.yaml", live_sim, poll_interval=0.02)
+    csv = leads_csv(tmp_path / "l.csv", 2)
+    assert invoke("start", csv, "--config", cfg, "--db", db).exit_code == 0
+    again = invoke("start", csv, "--config", cfg, "--db", db)
+    assert again.exit_code == 2 and "--new" in again.stderr and "run 1" in again.stderr
+    fresh = invoke("start", csv, "--config", cfg, "--new", "--db", db)
+    assert fresh.exit_code == 0 and fresh.stdout.startswith("run 2")
+    invoke("stop", "2", "--db", db)  # completed already: stop says so
+    live_sim.faults.p_429 = 1.0  # Twilio refuses every create: the third run is left unfinished
+    seen = len(live_sim.requests())
+    third = dialer("start", csv, "--config", cfg, "--new", "--db", db)
+    wait_for(lambda: len(live_sim.requests()) > seen, what="a refused create")
+    third.terminate()
+    assert third.wait(30) == 3
+    busy = invoke("start", csv, "--config", cfg, "--db", db)
+    assert busy.exit_code == 4 and "dialer resume 3" in busy.stderr
+
+
+def test_the_simulator_demo_can_run_again(tmp_path):
     db = tmp_path / "d.db"
     csv = leads_csv(tmp_path / "l.csv", 2)
     assert invoke("start", csv, "--simulate", "--sim-speed", "500", "--db", db).exit_code == 0
-    again = invoke("start", csv, "--simulate", "--db", db)
-    assert again.exit_code == 2 and "--new" in again.stderr
-    fresh = invoke("start", csv, "--simulate", "--sim-speed", "500", "--new", "--db", db)
-    assert fresh.exit_code == 0 and fresh.stdout.startswith("run 2")
+    again = invoke("start", csv, "--simulate", "--sim-speed", "500", "--db", db)
+    assert again.exit_code == 0 and again.stdout.startswith("run 2")
 
 
 BAD_CSV = {
@@ -163,22 +181,39 @@ def test_wrong_token_is_a_runtime_failure_and_never_printed(tmp_path, monkeypatc
 
 def test_commands_that_read_need_no_config_or_credentials(tmp_path):
     db = tmp_path / "d.db"
-    invoke("start", leads_csv(tmp_path / "l.csv", 2), "--simulate", "--sim-speed", "500", "--db", db)
+    invoke(
+        "start", leads_csv(tmp_path / "l.csv", 2), "--simulate", "--sim-speed", "500", "--db", db
+    )
     for args in (["status", "1", "--json"], ["runs", "--json"], ["calls", "--json"]):
         result = invoke(*args, "--db", db)
         assert result.exit_code == 0, result.output
         json.loads(result.stdout)
-    page = json.loads(invoke("calls", "--run", "1", "--page-size", "1", "--json", "--db", db).stdout)
+    page = json.loads(
+        invoke("calls", "--run", "1", "--page-size", "1", "--json", "--db", db).stdout
+    )
     assert page["total"] == 2 and page["page_size"] == 1 and len(page["items"]) == 1
     item = page["items"][0]
-    for key in ("call_sid", "run_id", "lead_name", "to", "twilio_status", "outcome",
-                "started_at", "ended_at", "duration_s", "error_code", "error_message"):
+    for key in (
+        "call_sid",
+        "run_id",
+        "lead_name",
+        "to",
+        "twilio_status",
+        "outcome",
+        "started_at",
+        "ended_at",
+        "duration_s",
+        "error_code",
+        "error_message",
+    ):
         assert key in item
 
 
 def test_unknown_run_is_bad_input(tmp_path):
     db = tmp_path / "d.db"
-    invoke("start", leads_csv(tmp_path / "l.csv", 1), "--simulate", "--sim-speed", "500", "--db", db)
+    invoke(
+        "start", leads_csv(tmp_path / "l.csv", 1), "--simulate", "--sim-speed", "500", "--db", db
+    )
     result = invoke("status", "99", "--db", db)
     assert result.exit_code == 2 and "no run 99" in result.stderr
 
@@ -190,7 +225,12 @@ def dialer(*args: object, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "DIALER_"))}
     return subprocess.Popen(
         [sys.executable, "-m", "dialer_cli", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, **kwargs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        **kwargs,
     )
 
 
@@ -224,8 +264,9 @@ def test_two_processes_on_one_database_never_exceed_n_together(tmp_path, live_si
     cfg = write_config(tmp_path / "c.yaml", live_sim, concurrency=3, poll_interval=0.02)
     db = tmp_path / "d.db"
     a = dialer("start", leads_csv(tmp_path / "a.csv", 15), "--config", cfg, "--db", db, "--yes")
-    b = dialer("start", leads_csv(tmp_path / "b.csv", 15, start=150), "--config", cfg,
-               "--db", db, "--yes")
+    b = dialer(
+        "start", leads_csv(tmp_path / "b.csv", 15, start=150), "--config", cfg, "--db", db, "--yes"
+    )
     assert a.wait(90) == 0, a.stderr.read()
     assert b.wait(90) == 0, b.stderr.read()
     assert live_sim.max_live() <= 3

@@ -1,10 +1,11 @@
-"""The Twilio simulator, driven through the real `twilio` package (raw urllib only where twilio cannot
-express the request, e.g. a missing To or a deliberately invalid PageSize).
+"""The Twilio simulator, driven through the real `twilio` package (raw urllib only where twilio
+cannot express the request, e.g. a missing To or a deliberately invalid PageSize).
 
-The simulator is the suite's referee, so it is refereed in turn: when each test ends, every request it
-recorded is checked against Twilio's own spec (tests/contract.py) and so is every response the client
-received. A test that sends a spec-violating request on purpose declares it, and the contract must then
-flag it too. Time is a fake clock advanced by hand; real threads are awaited on conditions with deadlines.
+The simulator is the suite's referee, so it is refereed in turn: when each test ends, every request
+it recorded is checked against Twilio's own spec (tests/contract.py), and so is every response the
+client received. A test that sends a spec-violating request on purpose declares it, and then the
+contract must flag it too. Time is a fake clock advanced by hand; real threads are awaited on
+conditions with deadlines, never slept on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -45,9 +46,8 @@ URL = "https://example.com/twiml"
 ACCOUNT = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}"
 CALLS = f"{ACCOUNT}/Calls.json"
 OTHER_ACCOUNT = "AC" + "f" * 32
-STANDARD = CallPlan(
-    "completed", queue_s=1, ring_s=4, talk_s=10
-)  # rings at +1, answered +5, ends +15
+# Rings at +1, is answered at +5, ends at +15.
+STANDARD = CallPlan("completed", queue_s=1, ring_s=4, talk_s=10)
 CALL_PROPERTIES = set(SPEC["components"]["schemas"]["api.v2010.account.call"]["properties"])
 
 
@@ -63,7 +63,7 @@ class FakeClock:
 
 
 class RecordingHttpClient(TwilioHttpClient):
-    """Keeps every exchange (None for a failed one) so the harness can check each against the spec."""
+    """Keeps every exchange (status None when it failed) for the end-of-test contract check."""
 
     def __init__(self, seen: list[tuple[str, str, int | None, str, Any]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -82,7 +82,7 @@ class RecordingHttpClient(TwilioHttpClient):
 
 
 class Harness:
-    """A simulator on a fake clock, twilio clients pointed at it, and the end-of-test contract check."""
+    """A simulator on a fake clock, twilio clients pointed at it, and the contract check."""
 
     def __init__(self, **sim_kwargs: Any) -> None:
         self.clock = FakeClock()
@@ -136,11 +136,8 @@ class Harness:
                 assert violations == [], f"{r.method} {r.path} {r.params}"
         for method, path, status, text, _ in self.seen:
             if status is not None:
-                assert validate_response(method, path, status, json.loads(text)) == [], (
-                    method,
-                    path,
-                    text,
-                )
+                problems = validate_response(method, path, status, json.loads(text))
+                assert problems == [], f"{method} {path} {status}: {problems}"
 
 
 @pytest.fixture(autouse=True)
@@ -166,9 +163,11 @@ def harness() -> Iterator[Callable[..., Harness]]:
         h.check_contract()
 
 
-def plans(default: CallPlan = STANDARD, **by_number: CallPlan) -> Callable[[str, int], CallPlan]:
-    table = {f"+{k.removeprefix('n')}": v for k, v in by_number.items()}
-    return lambda to, nth: table.get(to, default)
+def plans(
+    default: CallPlan, by_number: dict[str, CallPlan] | None = None
+) -> Callable[..., CallPlan]:
+    """A plan callable: `default` for every call, except numbers listed in `by_number`."""
+    return lambda to, nth: (by_number or {}).get(to, default)
 
 
 def at(seconds: float) -> datetime:
@@ -207,16 +206,12 @@ def test_create_returns_a_queued_call_with_every_property_of_the_spec(
     assert (ledger.sid, ledger.to, ledger.from_, ledger.created_at) == (call.sid, TO, FROM, T0)
     [create] = h.sim.creates()
     assert create.status == 201 and create.at == T0
-    assert create.params["StatusCallbackEvent"] == [
-        "initiated",
-        "answered",
-    ]  # repeated keys, as sent
+    events = create.params["StatusCallbackEvent"]
+    assert events == ["initiated", "answered"]  # repeated keys, as sent
 
 
 def test_a_call_walks_queued_ringing_in_progress_completed(harness: Callable[..., Harness]) -> None:
-    h = harness(
-        plan=plans(STANDARD, n14155550100=CallPlan("completed", 1, 4, 10, answered_by="human"))
-    )
+    h = harness(plan=plans(STANDARD, {TO: CallPlan("completed", 1, 4, 10, answered_by="human")}))
     sid = h.client.calls.create(to=TO, from_=FROM, url=URL).sid
     seen = []
     for t in (0.5, 1, 4.9, 5, 14.9, 15, 100):
@@ -277,9 +272,7 @@ def test_update_cancels_unanswered_calls_and_completes_live_ones(
     h.clock.now = T0 + 0.5
     assert h.client.calls(queued).update(status="canceled").status == "canceled"
     h.clock.now = T0 + 2
-    call = h.client.calls(ringing).update(
-        status="completed"
-    )  # never answered: recorded as canceled
+    call = h.client.calls(ringing).update(status="completed")  # not answered yet: canceled
     assert (call.status, call.end_time, call.duration) == ("canceled", at(2), None)
     h.clock.now = T0 + 7
     assert h.client.calls(talking).update(status="canceled").status == "in-progress"  # too late
@@ -296,7 +289,7 @@ def test_max_live_and_live_at_follow_the_simulated_timeline(
     harness: Callable[..., Harness],
 ) -> None:
     short = CallPlan("completed", queue_s=1, ring_s=4, talk_s=5)  # ends at +10
-    h = harness(plan=plans(short, n14155550101=CallPlan("busy", queue_s=1, ring_s=4)))  # ends +5
+    h = harness(plan=plans(short, {TO2: CallPlan("busy", queue_s=1, ring_s=4)}))  # ends +5
     h.client.calls.create(to=TO, from_=FROM, url=URL)
     h.client.calls.create(to=TO2, from_=FROM, url=URL)
     h.clock.advance(5)  # TO2 ends exactly now: end is exclusive
@@ -309,7 +302,7 @@ def test_max_live_and_live_at_follow_the_simulated_timeline(
     assert h.sim.max_live() == 3
 
 
-# ---- errors ---------------------------------------------------------------------------------------
+# ---- errors --------------------------------------------------------------------------------------
 
 
 def test_wrong_credentials_get_401_20003_and_create_nothing(
@@ -383,7 +376,7 @@ def test_requests_outside_the_spec_are_refused_by_simulator_and_contract(
     assert len(h.sim.calls()) == 1
 
 
-# ---- list ---------------------------------------------------------------------------------------
+# ---- list ----------------------------------------------------------------------------------------
 
 
 def test_list_is_newest_first_and_pages_through_everything(harness: Callable[..., Harness]) -> None:
@@ -392,9 +385,7 @@ def test_list_is_newest_first_and_pages_through_everything(harness: Callable[...
     for _ in range(5):
         sids.append(h.client.calls.create(to=TO, from_=FROM, url=URL).sid)
         h.clock.advance(0.5)
-    sids.append(
-        h.client.calls.create(to=TO, from_=FROM, url=URL).sid
-    )  # same created_at as none else
+    sids.append(h.client.calls.create(to=TO, from_=FROM, url=URL).sid)
     h.client.calls.create(to=TO2, from_=FROM, url=URL)
 
     listed = [c.sid for c in h.client.calls.list(to=TO, page_size=2)]
@@ -456,7 +447,7 @@ def test_list_lag_hides_a_new_call_until_the_clock_passes_it(
     assert [c.sid for c in h.client.calls.list(to=TO)] == [sid]
 
 
-# ---- faults -------------------------------------------------------------------------------------
+# ---- faults --------------------------------------------------------------------------------------
 
 
 def test_429_is_rate_limiting_with_retry_after_and_nothing_processed(
@@ -537,7 +528,7 @@ def test_fault_draws_follow_the_seed(harness: Callable[..., Harness]) -> None:
         for _ in range(12):
             try:
                 h.client.calls.list(to=TO)
-            except Exception:  # noqa: S110 - TwilioException for a 429 page; the ledger tells us
+            except TwilioException:  # a 429 page; the ledger says which
                 pass
         return [r.status for r in h.sim.requests()]
 
@@ -545,7 +536,7 @@ def test_fault_draws_follow_the_seed(harness: Callable[..., Harness]) -> None:
     assert first == outcomes(3) and {200, 429} == set(first)
 
 
-# ---- account, numbers, transport ------------------------------------------------------------------
+# ---- account, numbers, transport -----------------------------------------------------------------
 
 
 def test_account_fetch_and_incoming_numbers_for_doctor(harness: Callable[..., Harness]) -> None:
@@ -612,7 +603,7 @@ def test_default_plan_is_deterministic_and_weighted_as_documented() -> None:
     assert {p.answered_by for p in sample} == {None}
 
 
-# ---- the contract itself ----------------------------------------------------------------------------
+# ---- the contract itself -------------------------------------------------------------------------
 
 
 def test_contract_flags_bad_requests_and_passes_good_ones() -> None:

@@ -1,10 +1,10 @@
-"""Regenerate tests/twilio_calls_spec.json from Twilio's full 2010 API spec (run by hand, not by pytest).
+"""Regenerate tests/twilio_calls_spec.json from Twilio's full 2010 API spec (by hand, not pytest).
 
     python tests/trim_spec.py ../shared/twilio/twilio_api_v2010.json
 
-The full spec is 1.9 MB; the tests need only the Calls endpoints, the account fetch (for `doctor`) and the
-IncomingPhoneNumbers list, plus every component schema those reference. Kept operations are copied verbatim,
-so the trimmed file is still Twilio's text (MIT, see TWILIO_SPEC_LICENSE).
+The full spec is 1.9 MB; the tests need only the Calls endpoints, the account fetch (for `doctor`)
+and the IncomingPhoneNumbers list, plus every component schema those reference. Kept operations
+are copied verbatim, so the trimmed file is still Twilio's text (MIT, see TWILIO_SPEC_LICENSE).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+SOURCE_PATH = "spec/json/twilio_api_v2010.json"
 SOURCE_COMMIT = "d50069b44ea8cd23141385bdb6db48f16ff75bb5"
 KEEP: dict[str, tuple[str, ...] | None] = {  # path -> methods to keep (None: every operation)
     "/2010-04-01/Accounts/{AccountSid}/Calls.json": None,
@@ -65,7 +66,7 @@ def trim(spec: dict[str, Any]) -> dict[str, Any]:
         "openapi": spec["openapi"],
         "info": {
             **spec["info"],
-            "x-trimmed-from": f"twilio/twilio-oai spec/json/twilio_api_v2010.json @ {SOURCE_COMMIT}",
+            "x-trimmed-from": f"twilio/twilio-oai {SOURCE_PATH} @ {SOURCE_COMMIT}",
         },
         "servers": spec.get("servers", []),
         "security": spec.get("security", []),
@@ -83,9 +84,8 @@ def main(argv: list[str]) -> None:
     out = Path(__file__).with_name("twilio_calls_spec.json")
     trimmed = trim(json.loads(source.read_text(encoding="utf-8")))
     out.write_text(json.dumps(trimmed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(
-        f"wrote {out} ({out.stat().st_size:,} bytes, {len(trimmed['components']['schemas'])} schemas)"
-    )
+    count = len(trimmed["components"]["schemas"])
+    print(f"wrote {out} ({out.stat().st_size:,} bytes, {count} schemas)")
 
 
 if __name__ == "__main__":
