@@ -75,6 +75,10 @@ ConcurrencyOption = Annotated[
         "--concurrency", "-n", min=1, help="Calls in flight at most (dialing.concurrency)."
     ),
 ]
+NoWaitOption = Annotated[
+    bool,
+    typer.Option("--no-wait", help="Exit 3 instead of waiting for retries or calling hours."),
+]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -176,6 +180,7 @@ def drive_and_report(
     as_json: bool,
     quiet: bool,
     concurrency: int | None = None,
+    no_wait: bool = False,
 ) -> None:
     """Run the loop with the right view, then print the summary and exit with the right code."""
     view = choose_view(store, run_id, as_json, quiet)
@@ -195,6 +200,7 @@ def drive_and_report(
                 should_drain=lambda: interrupts.count > 0,
                 sleep=view.sleep,
                 concurrency=concurrency,
+                no_wait=no_wait,
             )
     finally:
         view.close()
@@ -241,6 +247,10 @@ def start(
     ] = None,
     new: Annotated[bool, typer.Option("--new", help="Start a new run even if one exists.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check config and leads; write and dial nothing.")
+    ] = False,
+    no_wait: NoWaitOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     db: DbOption = None,
@@ -260,10 +270,19 @@ def start(
         phone_column=settings.leads.phone_column,
         default_region=settings.leads.default_region,
     )
+    if dry_run:
+        show_dry_run(lead_source, settings, db, simulate, as_json)
+        return
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
-        store = open_store(db)
-        runner.check_source(store, lead_source, target, new)
-        run_id = runner.import_run(store, lead_source, settings, target, time.time())
+        if not settings.dialing.calling_hours and not target.simulated and not quiet:
+            err.print(
+                "warning: no dialing.calling_hours set: calls may go out at any hour "
+                "(US law allows 8am-9pm in the callee's local time)"
+            )
+        runner.check_templates(settings, lead_source.columns)
+        with new_database_or_none(db) as store:
+            runner.check_source(store, lead_source, target, new)
+            run_id = runner.import_run(store, lead_source, settings, target, time.time())
         snap = runner.snapshot(store, run_id, time.time())
         if not as_json:
             print(f"run {run_id}", flush=True)
@@ -276,7 +295,48 @@ def start(
         except DialerError:
             store.delete_run(run_id)
             raise
-        drive_and_report(store, run_id, target, as_json=as_json, quiet=quiet)
+        drive_and_report(store, run_id, target, as_json=as_json, quiet=quiet, no_wait=no_wait)
+
+
+@contextmanager
+def new_database_or_none(db: Path | None) -> Iterator[Store]:
+    """Open the database; if this created it and the import then fails, remove it again, so
+    bad input leaves the disk exactly as it was."""
+    path = Path(db or default_db_path())
+    existed = path.exists()
+    store = open_store(path)
+    try:
+        yield store
+    except BaseException:
+        if not existed:
+            store.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        raise
+
+
+def show_dry_run(
+    source: Any, settings: Settings, db: Path | None, simulate: bool, as_json: bool
+) -> None:
+    if not simulate:
+        runner.twilio_target(settings)  # credentials are part of a usable configuration
+    path = db or default_db_path()
+    store = Store.open(path, readonly=True) if path.exists() else None
+    plan = runner.dry_run(source, settings, store, time.time())
+    if as_json:
+        print(json.dumps(plan, ensure_ascii=False))
+        return
+    print(
+        f"{plan['source']}: {plan['rows']} rows; would dial {plan['would_dial']} "
+        f"with at most {plan['concurrency']} calls in flight"
+    )
+    buckets = [*plan["skipped"].items(), ("outside calling hours now", plan["outside_hours_now"])]
+    for reason, bucket in buckets:
+        if bucket["count"]:
+            print(f"  {reason}: {bucket['count']}")
+            for example in bucket["examples"]:
+                print(f"    line {example['line']}: {example['phone']} ({example['detail']})")
+    print("dry run: nothing was written and nobody was called")
 
 
 @contextmanager
@@ -296,6 +356,7 @@ def resume(
     run_id: Annotated[int, typer.Argument(help="The run to continue.")],
     concurrency: ConcurrencyOption = None,
     sim_speed: Annotated[float, typer.Option("--sim-speed", min=0.1)] = 20.0,
+    no_wait: NoWaitOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     db: DbOption = None,
@@ -312,7 +373,13 @@ def resume(
     settings = settings_for(config)
     with run_target(run_, settings, sim_speed) as target:
         drive_and_report(
-            store, run_id, target, as_json=as_json, quiet=quiet, concurrency=concurrency
+            store,
+            run_id,
+            target,
+            as_json=as_json,
+            quiet=quiet,
+            concurrency=concurrency,
+            no_wait=no_wait,
         )
 
 
@@ -512,6 +579,86 @@ def db_path(db: DbOption = None) -> None:
     Example: dialer db path
     """
     print(db or default_db_path())
+
+
+dnc_app = typer.Typer(no_args_is_help=True, help="The do-not-call list kept in the database.")
+app.add_typer(dnc_app, name="dnc")
+
+
+def dnc_numbers(numbers: list[str], config: Path | None) -> list[str]:
+    from dialer_cli.leads import normalize
+
+    region = settings_for(config).leads.default_region
+    valid, bad = [], []
+    for raw in numbers:
+        e164, _, _ = normalize(raw, region)
+        (valid if e164 else bad).append(e164 or raw)
+    if bad:
+        raise InputError(f"not a valid phone number: {', '.join(bad)}")
+    return valid
+
+
+@dnc_app.command("add")
+@guarded
+def dnc_add(
+    numbers: Annotated[list[str], typer.Argument(help="Numbers, in any format.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Never call these numbers, in any run, from now on (also runs in progress).
+
+    Example: dialer dnc add "+1 212 555 0101"
+    """
+    added = open_store(db).dnc_add(dnc_numbers(numbers, config), "dnc add", time.time())
+    err.print(f"{added} added to the do-not-call list")
+
+
+@dnc_app.command("remove")
+@guarded
+def dnc_remove(
+    numbers: Annotated[list[str], typer.Argument(help="Numbers, in any format.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Take numbers off the do-not-call list.
+
+    Example: dialer dnc remove +12125550101
+    """
+    removed = open_store(db).dnc_remove(dnc_numbers(numbers, config))
+    err.print(f"{removed} removed from the do-not-call list")
+
+
+@dnc_app.command("list")
+@guarded
+def dnc_list(as_json: JsonOption = False, db: DbOption = None) -> None:
+    """The numbers on the do-not-call list.
+
+    Example: dialer dnc list --json
+    """
+    rows = open_store(db).dnc_list()
+    if as_json:
+        print(json.dumps([r | {"added_at": runner.iso(r["added_at"])} for r in rows]))
+        return
+    for row in rows:
+        print(f"{row['e164']}\t{runner.iso(row['added_at'])}\t{row['source'] or ''}")
+
+
+@dnc_app.command("import")
+@guarded
+def dnc_import(
+    file: Annotated[Path, typer.Argument(help="A file of numbers (one per line, or CSV).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add every number in a file to the do-not-call list.
+
+    Example: dialer dnc import opt-outs.csv
+    """
+    from dialer_cli.rules import read_numbers
+
+    numbers = read_numbers(file, settings_for(config).leads.default_region)
+    added = open_store(db).dnc_add(sorted(numbers), str(file), time.time())
+    err.print(f"{added} of {len(numbers)} numbers from {file} added to the do-not-call list")
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from dialer_cli.models import (
     RunStatus,
     lead_name,
 )
+from dialer_cli.rules import Hours, Pacer
 from dialer_cli.store import Store
 
 
@@ -71,6 +72,10 @@ class Dialer:
         pick_from: Callable[[str], str],
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        hours: Hours | None = None,
+        pacer: Pacer | None = None,
+        blocked: Callable[[str], str | None] | None = None,
+        no_wait: bool = False,
     ):
         self.store, self.calls, self.run_id, self.owner_id = store, calls, run_id, owner_id
         self.options, self.params_for, self.pick_from, self.clock = (
@@ -86,6 +91,11 @@ class Dialer:
         self._ended: set[str] = set()  # SIDs we asked Twilio to end (stop --cancel-active)
         self._create_blocked_until = 0.0
         self._last_heartbeat = -1e18
+        self.hours, self.pacer, self.blocked = hours, pacer or Pacer(None), blocked
+        self.no_wait = no_wait  # leave (exit 3) instead of waiting for retries or calling hours
+        self._groups: list[str] | None = None  # zone groups of the leads still queued
+        self._swept: dict[str, float] = {}  # zone group -> until when its leads were set waiting
+        self._announced_wait: float | None = None
 
     def drain(self) -> None:
         self.draining = True
@@ -100,7 +110,7 @@ class Dialer:
         for call in self.store.live_calls(self.run_id):
             self._settle(call, now, tick, cancel=run.stop_mode == "cancel")
         if run.status == RunStatus.RUNNING and not self.draining:
-            self._fill(now, tick)
+            self._fill(now, tick, self._closed_zones(now))
         self._finish_if_done(run.status, now, tick)
         return tick
 
@@ -225,11 +235,37 @@ class Dialer:
 
     # -- filling slots ------------------------------------------------------------------------
 
-    def _fill(self, now: float, tick: Tick) -> None:
+    def _closed_zones(self, now: float) -> list[str]:
+        """Zone groups outside their calling hours now; their leads are set waiting until the
+        window opens, so `status` can say how many wait and for how long."""
+        if self.hours is None:
+            return []
+        if self._groups is None:
+            self._groups = self.store.zone_groups(self.run_id)
+        closed = []
+        for group in self._groups:
+            zones = tuple(group.split(","))
+            if self.hours.open_all(zones, now):
+                continue
+            closed.append(group)
+            if self._swept.get(group, 0) <= now:
+                opens = self.hours.next_open(zones, now) or now + 7 * 86400
+                self.store.wait_for_hours(self.run_id, group, opens, now)
+                self._swept[group] = opens
+        return closed
+
+    def _fill(self, now: float, tick: Tick, closed: list[str]) -> None:
         while now >= self._create_blocked_until:
-            claim = self.store.claim(self.run_id, self.owner_id, now, self.pick_from)
+            allowed = self.pacer.next_allowed(now)
+            if allowed > now:
+                tick.next_wake = min(tick.next_wake, allowed)
+                return
+            claim = self.store.claim(
+                self.run_id, self.owner_id, now, self.pick_from, closed, self.blocked
+            )
             if claim is None:
                 return
+            self.pacer.record(now)
             if not self._place(claim, now, tick):
                 return
         tick.next_wake = min(tick.next_wake, self._create_blocked_until)
@@ -276,14 +312,19 @@ class Dialer:
         counts = self.store.counts(self.run_id)
         if counts["in_progress"]:
             return
-        if status == RunStatus.STOPPING or self.draining:
+        due = self.store.next_due(self.run_id)
+        waiting = counts["queued"] and due is not None and due > now
+        if status == RunStatus.STOPPING or self.draining or (waiting and self.no_wait):
             final = RunStatus.STOPPED
         elif counts["queued"] == 0:
             final = RunStatus.COMPLETED
         else:
-            due = self.store.next_due(self.run_id)
-            if due is not None and due > now:
+            if waiting and due is not None:
                 tick.next_wake = min(tick.next_wake, due)
+                if due != self._announced_wait:
+                    self._announced_wait = due
+                    data = {"next_at": due, "queued": counts["queued"]}
+                    tick.events.append(Event("waiting", now, self.run_id, data))
             return
         self.store.set_status(self.run_id, final, now, owner_id=self.owner_id)
         tick.done, tick.status = True, final

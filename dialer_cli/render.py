@@ -6,21 +6,35 @@ Views receive events and plain dicts; they never decide anything about dialing.
 from __future__ import annotations
 
 import json
+import re
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from rich.console import Console, Group
+from rich import box
+from rich.cells import cell_len, set_cell_size
+from rich.columns import Columns
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.constrain import Constrain
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from dialer_cli.models import Event
 
 COUNTERS = ("queued", "in_progress", "completed", "failed", "skipped", "needs_review")
+OPTIONAL_COUNTERS = ("canceled", "rejected", "needs review")  # shown only when not zero
+LIVE_STATUSES = ("running", "stopping")
+OUTCOME_STYLES = {"answered": "green", "busy": "yellow", "no-answer": "yellow", "failed": "red"}
+OUTCOME_STYLES |= {"rejected": "red", "in-progress": "green"}
+NAME_WIDTH = 24  # cells; names are cut to this before they are bidi-isolated
+PANEL_WIDTH = 120  # the live panel stops growing here on wide terminals
+IN_FLIGHT_ROWS = 12
+HIDDEN_DIGITS = re.compile(r"\d(?=\D*\d\D*\d)")  # every digit but the last two
+BIDI_CONTROLS = frozenset("LRE RLE LRO RLO PDF LRI RLI FSI PDI".split())
 
 
 def stamp(ts: float) -> str:
@@ -106,8 +120,8 @@ class JsonView:
 class LiveView:
     """A Rich live panel redrawn from the database about twice a second."""
 
-    def __init__(self, console: Console, load: Callable[[], dict[str, Any]]):
-        self.load = load
+    def __init__(self, console: Console, load: Callable[[], dict[str, Any]], mask: bool = False):
+        self.load, self.mask = load, mask
         self.live = Live(console=console, auto_refresh=False, transient=False)
         self.live.start()
         self._drawn = 0.0
@@ -118,7 +132,7 @@ class LiveView:
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._drawn >= 0.5:
-            self.live.update(run_panel(self.load()), refresh=True)
+            self.live.update(run_panel(self.load(), mask=self.mask), refresh=True)
             self._drawn = now
 
     def sleep(self, seconds: float) -> None:
@@ -132,36 +146,155 @@ class LiveView:
         self.live.stop()
 
 
-# -- tables --------------------------------------------------------------------------------------
+# -- cells ---------------------------------------------------------------------------------------
 
 
-def run_panel(view: dict[str, Any]) -> Panel:
-    """The live status: counters, progress, calls in flight, last calls ended."""
+def duration(seconds: float | None) -> str:
+    """Short, fixed-shape durations (45s, 12m 04s, 1h 08m) so columns do not jitter."""
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    return f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def mask_number(number: str | None) -> str:
+    """+12125550167 -> +1 212 •••-••67: country code, area code and the last two digits stay,
+    enough to tell calls apart on a shared screen or a screenshot, not enough to dial."""
+    if not number:
+        return ""
+    import phonenumbers  # lazily: only masked views pay for its metadata
+
+    try:
+        pretty = phonenumbers.format_number(
+            phonenumbers.parse(number), phonenumbers.PhoneNumberFormat.INTERNATIONAL
+        )
+        country, national = pretty.split(" ", 1)
+        area, rest = re.split(r"[ \-]", national, maxsplit=1)
+    except (phonenumbers.NumberParseException, ValueError):
+        return HIDDEN_DIGITS.sub("•", number)
+    return f"{country} {area} {HIDDEN_DIGITS.sub('•', rest)}"
+
+
+def cell(text: str | None, width: int = NAME_WIDTH) -> str:
+    """A name made safe for one table cell, whatever script it is written in.
+
+    Control characters become spaces and explicit bidi controls are dropped (an RLO in a name
+    would reverse the rest of the row); then the name is cut to `width` *before* it is wrapped,
+    so Rich never truncates inside the isolate. Text with right-to-left letters is wrapped in
+    FSI…PDI (U+2068/U+2069): a bidi terminal lays it out inside its own cell and the line keeps
+    its left-to-right order (the isolate is also skipped when the terminal guesses the line's
+    direction). Rich and wcwidth count both marks as zero columns, so alignment holds.
+    """
+    clean = "".join(
+        " " if unicodedata.category(ch) == "Cc" else ch
+        for ch in text or ""
+        if unicodedata.bidirectional(ch) not in BIDI_CONTROLS
+    )
+    if cell_len(clean) > width:
+        clean = set_cell_size(clean, width - 1) + "…"
+    rtl = any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in clean)
+    return f"\u2068{clean}\u2069" if rtl else clean
+
+
+class _Bar:
+    """A progress bar that stays readable without colour: heavy line done, light line to go."""
+
+    def __init__(self, fraction: float):
+        self.fraction = min(max(fraction, 0.0), 1.0)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        done = round(width * self.fraction)
+        heavy, light = ("#", "-") if options.ascii_only else ("━", "─")
+        yield Text.assemble((heavy * done, "green"), (light * (width - done), "dim"))
+
+
+# -- the live panel ------------------------------------------------------------------------------
+
+
+def run_panel(view: dict[str, Any], mask: bool = False) -> RenderableType:
+    """The live status: timing and ETA, progress, counters, calls in flight, last calls ended."""
     snap = view["status"]
-    total = snap["total_leads"] or 1
+    parts: list[RenderableType] = [_timing(view), _progress(snap), _counters(snap)]
+    if snap.get("error"):
+        parts.append(Text(f"error: {snap['error']}", style="red"))
+    number = mask_number if mask else (lambda n: n or "")
+    live, recent = view.get("live") or [], view.get("recent") or []
+    names = [cell(r["name"]) for r in (*live[:IN_FLIGHT_ROWS], *recent)]
+    width = max([cell_len(n) for n in names] + [4])  # both tables share their columns
+    if live:
+        rows = [(r["name"], number(r["to"]), r["status"], duration(r["age_s"])) for r in live]
+        title = f"in flight ({len(live)})"
+        parts += ["", _table(title, rows, ("status", "for"), IN_FLIGHT_ROWS, width)]
+    if recent:
+        rows = [(r["name"], number(r["to"]), r["outcome"], duration(r["talk_s"])) for r in recent]
+        parts += ["", _table("last ended", rows, ("outcome", "talk"), len(rows), width)]
+    title = f"run {snap['run_id']} · {snap['status']} · {snap['campaign'] or snap['source']}"
+    return Constrain(Panel(Group(*parts), title=title, title_align="left"), PANEL_WIDTH)
+
+
+def _timing(view: dict[str, Any]) -> Text:
+    snap = view["status"]
+    parts = [f"elapsed {duration(view['elapsed_s'])}"]
+    if view.get("eta_s") is not None:
+        parts.append(f"ETA {duration(view['eta_s'])}")
+    elif snap["status"] in LIVE_STATUSES:
+        parts.append("ETA measuring")
+    if view.get("mean_call_s"):
+        parts.append(f"mean call {duration(view['mean_call_s'])}")
+    parts.append(f"concurrency {snap['concurrency']}")
+    if snap.get("next_attempt_at"):
+        parts.append(f"next retry {snap['next_attempt_at'][11:19]}Z")
+    return Text(" · ".join(parts))
+
+
+def _progress(snap: dict[str, Any]) -> Table:
+    total = snap["total_leads"]
     done = snap["completed"] + snap["failed"] + snap["needs_review"]
-    counters = Table.grid(padding=(0, 2))
-    counters.add_row(*[Text(f"{k.replace('_', ' ')}: {snap[k]}") for k in COUNTERS])
-    parts: list[Any] = [
-        counters,
-        ProgressBar(total=total, completed=done, width=40),
-        Text(f"{done}/{snap['total_leads']} done · concurrency {snap['concurrency']}"),
-    ]
-    if view.get("live"):
-        parts.append(_calls_table("In flight", view["live"], ("name", "to", "status", "for")))
-    if view.get("recent"):
-        parts.append(_calls_table("Last ended", view["recent"], ("name", "to", "status", "dur")))
-    title = f"run {snap['run_id']} · {snap['status']} · {snap['source']}"
-    return Panel(Group(*parts), title=title, expand=False)
+    grid = Table.grid(expand=True, padding=(0, 1))
+    grid.add_column(ratio=1)
+    grid.add_column(no_wrap=True, justify="right")
+    grid.add_row(
+        _Bar(done / total if total else 1.0), f"{done}/{total} done {_percent(done, total)}"
+    )
+    return grid
 
 
-def _calls_table(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="ellipsis", no_wrap=True)
-    for row in rows:
-        table.add_row(*[str(row.get(c) if row.get(c) is not None else "") for c in columns])
+def _counters(snap: dict[str, Any]) -> Columns:
+    o = snap["outcomes"]
+    items = [("queued", snap["queued"]), ("in flight", snap["in_progress"])]
+    items += [("answered", o["answered"]), ("busy", o["busy"]), ("no-answer", o["no_answer"])]
+    items += [("failed", o["failed"]), ("canceled", o["canceled"]), ("rejected", o["rejected"])]
+    items += [("skipped", snap["skipped"]), ("waiting retry", snap["waiting_retry"])]
+    items += [("needs review", snap["needs_review"])]
+    shown = [(k, v) for k, v in items if v or k not in OPTIONAL_COUNTERS]
+    return Columns([Text.assemble(f"{k} ", (str(v), "bold")) for k, v in shown], padding=(0, 2))
+
+
+def _table(
+    title: str, rows: list[tuple[str, ...]], last: tuple[str, str], limit: int, width: int
+) -> Table:
+    """Name, number and two short columns, fixed widths so consecutive tables line up."""
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    table.show_edge, table.pad_edge = False, False
+    table.add_column("name", no_wrap=True, width=width)
+    table.add_column("number", no_wrap=True, width=16)
+    table.add_column(last[0], no_wrap=True, width=11)
+    table.add_column(last[1], no_wrap=True, width=7, justify="right")
+    for name, number, status, seconds in rows[:limit]:
+        table.add_row(cell(name), number, Text(status, OUTCOME_STYLES.get(status, "")), seconds)
+    if len(rows) > limit:
+        table.caption, table.caption_justify = f"… and {len(rows) - limit} more", "left"
     return table
+
+
+def _percent(part: float | None, whole: float = 1.0) -> str:
+    return f"{100 * part / whole:.0f}%" if part is not None and whole else ""
+
+
+# -- one-shot tables -----------------------------------------------------------------------------
 
 
 def status_table(snap: dict[str, Any]) -> Table:
@@ -175,37 +308,69 @@ def status_table(snap: dict[str, Any]) -> Table:
     if snap.get("skipped_reasons"):
         reasons = ", ".join(f"{k} {v}" for k, v in snap["skipped_reasons"].items())
         table.add_row("skipped for", reasons)
+    for key, value in (snap.get("stats") or {}).items():
+        if value is not None:
+            table.add_row(key.replace("_", " "), _stat(key, value))
     for key in ("created_at", "started_at", "finished_at", "error"):
         if snap.get(key):
             table.add_row(key.replace("_", " "), str(snap[key]))
     return table
 
 
+def _stat(key: str, value: float) -> str:
+    return _percent(value) if key.endswith(("_rate", "utilisation")) else f"{value:g}"
+
+
+def answer_rate(snap: dict[str, Any]) -> float | None:
+    """Calls answered / calls placed: from `stats` when the snapshot has it, else from the
+    lead counters (same definition, counting each lead's final call)."""
+    if (stats := snap.get("stats")) is not None:
+        return stats.get("answer_rate")
+    o = snap["outcomes"]
+    placed = o["answered"] + o["busy"] + o["no_answer"] + o["failed"] + o["canceled"]
+    return o["answered"] / placed if placed else None
+
+
 def runs_table(runs: list[dict[str, Any]]) -> Table:
-    table = Table(title="runs", title_justify="left")
-    for column in ("run", "source", "created", "status", "progress", "answered"):
-        table.add_column(column, overflow="ellipsis")
+    table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("run", justify="right")
+    table.add_column("campaign / source", overflow="ellipsis", no_wrap=True, ratio=1)
+    for column in ("created", "status", "progress", "answered"):
+        table.add_column(column, no_wrap=True, justify="left" if column != "answered" else "right")
     for snap in runs:
         done = snap["completed"] + snap["failed"] + snap["needs_review"]
+        total = snap["total_leads"]
         table.add_row(
             str(snap["run_id"]),
-            snap["campaign"] or snap["source"],
-            snap["created_at"] or "",
+            cell(snap["campaign"] or snap["source"], 60),
+            (snap["created_at"] or "")[:16].replace("T", " "),
             snap["status"],
-            f"{done}/{snap['total_leads']}",
-            str(snap["completed"]),
+            f"{done}/{total} {_percent(done, total)}",
+            _percent(answer_rate(snap)),
         )
     return table
 
 
-def calls_table(page: dict[str, Any]) -> Table:
+def calls_table(page: dict[str, Any], mask: bool = False) -> Table:
+    """One page of calls; the caption says how to get the next one."""
     pages = max(1, -(-page["total"] // page["page_size"]))
-    table = Table(title=f"calls · page {page['page']} of {pages}", title_justify="left")
-    columns = ("call_sid", "run_id", "lead_name", "to", "twilio_status", "outcome", "duration_s")
-    for column in columns:
-        table.add_column(column.replace("_", " "), overflow="ellipsis", no_wrap=True)
+    table = Table(title="calls", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("started", "run", "lead", "number", "outcome", "talk", "call sid"):
+        table.add_column(column, no_wrap=column != "call sid", overflow="fold")
     for item in page["items"]:
-        table.add_row(*[str(item[c]) if item[c] is not None else "" for c in columns])
+        number = mask_number(item["to"]) if mask else item["to"]
+        table.add_row(
+            (item["started_at"] or "")[:19].replace("T", " "),
+            str(item["run_id"]),
+            cell(item["lead_name"], 20),
+            number,
+            item["outcome"] or item["twilio_status"] or "",
+            duration(item["duration_s"]) if item["duration_s"] else "",
+            item["call_sid"] or "",
+        )
+    more = f" · next: --page {page['page'] + 1}" if page["page"] < pages else ""
+    table.caption = f"{page['total']} calls · page {page['page']} of {pages}{more}"
+    table.caption_justify = "left"
     return table
 
 

@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from dialer_cli import lease
+from dialer_cli import lease, rules
 from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, run
 from dialer_cli.errors import BusyError, ConfigError, InputError
 from dialer_cli.leads import LeadSource
-from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Run, RunStatus
+from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Lead, Run, RunStatus
 from dialer_cli.store import Store
 
 SIMULATED = "simulated"
@@ -113,6 +114,7 @@ def run_settings(settings: Settings) -> dict[str, object]:
         "call": _plain(dataclasses.asdict(settings.call)),
         "dialing": _plain(dataclasses.asdict(settings.dialing)),
         "leads": _plain(dataclasses.asdict(settings.leads)),
+        "from_numbers": list(settings.twilio.from_numbers),
     }
 
 
@@ -158,8 +160,11 @@ def import_run(
     target: Target,
     now: float,
     campaign: str | None = None,
-    skip: Callable[[Any], tuple[str, str] | None] | None = None,
 ) -> int:
+    """Create the run from the source in one transaction, applying the rules known at import:
+    do-not-call lists, template checks, each lead's time zones for calling hours."""
+    check_templates(settings, source.columns)
+    skip = import_rules(store, settings, source.name)
     return store.create_run(
         source=source.name,
         source_key=source.key,
@@ -172,14 +177,58 @@ def import_run(
         now=now,
         campaign=campaign,
         skip=skip,
+        zones=zones_rule(settings.dialing.calling_hours, settings.dialing.timezone),
     )
+
+
+def check_templates(settings: Settings, columns: list[str]) -> None:
+    rules.check_template_columns(settings.call.twiml, "call.twiml", columns)
+    rules.check_template_columns(settings.call.url, "call.url", columns)
+
+
+def import_rules(
+    store: Store, settings: Settings, source_name: str
+) -> Callable[[Lead], tuple[str, str] | None]:
+    """Why a valid lead is not dialled at all: do-not-call; and an unusable filled template
+    aborts the whole import (raised, so the transaction rolls back)."""
+    dnc_file = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
+    twiml = settings.call.twiml if rules.template_fields(settings.call.twiml) else None
+
+    def skip(lead: Lead) -> tuple[str, str] | None:
+        if twiml is not None:
+            rules.check_twiml_length(rules.fill_twiml(twiml, lead.fields), lead.line, source_name)
+        assert lead.e164 is not None
+        if lead.e164 in dnc_file:
+            return "do-not-call", f"on the do-not-call list {dnc_file.path}"
+        if store.dnc_contains(lead.e164):
+            return "do-not-call", "on the do-not-call list (dialer dnc)"
+        return None
+
+    return skip
+
+
+def zones_rule(calling_hours: str | None, timezone: str | None) -> Callable[[Lead], str] | None:
+    if not calling_hours:
+        return None
+    fallback = timezone or rules.local_zone()
+
+    def zones(lead: Lead) -> str:
+        assert lead.e164 is not None
+        return ",".join(rules.lead_zones(lead.e164, lead.fields.get("timezone"), fallback))
+
+    return zones
 
 
 # -- driving ------------------------------------------------------------------------------------
 
 
+def _section(run_: Run, name: str) -> dict[str, Any]:
+    value = run_.settings.get(name) or {}
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def options_for(run_: Run, target: Target) -> Options:
-    dialing: dict[str, Any] = dict(run_.settings.get("dialing", {}))  # type: ignore[call-overload]
+    dialing = _section(run_, "dialing")
     speed = target.speed if target.simulated else 1.0
     return Options(
         poll_interval=float(dialing.get("poll_interval", 2.0)) / speed,
@@ -191,7 +240,8 @@ def options_for(run_: Run, target: Target) -> Options:
 
 
 def params_for(run_: Run) -> Callable[[Claim], CallParams]:
-    call: dict[str, Any] = dict(run_.settings.get("call", {}))  # type: ignore[call-overload]
+    """The create request's parameters, with each lead's columns filled into the templates."""
+    call = _section(run_, "call")
     params = CallParams(
         twiml=call.get("twiml") or (None if call.get("url") else DEFAULT_TWIML),
         url=call.get("url"),
@@ -200,7 +250,45 @@ def params_for(run_: Run) -> Callable[[Claim], CallParams]:
         record=call.get("record"),
         machine_detection=call.get("machine_detection"),
     )
-    return lambda claim: params
+    twiml = params.twiml if rules.template_fields(params.twiml) else None
+    url = params.url if rules.template_fields(params.url) else None
+    if twiml is None and url is None:
+        return lambda claim: params
+
+    def fill(claim: Claim) -> CallParams:
+        return dataclasses.replace(
+            params,
+            twiml=rules.fill_twiml(twiml, claim.fields) if twiml else params.twiml,
+            url=rules.fill_url(url, claim.fields) if url else params.url,
+        )
+
+    return fill
+
+
+def engine_rules(run_: Run, target: Target) -> dict[str, Any]:
+    """Calling hours, pacing, caller ID and the do-not-call file, from the run's own settings."""
+    dialing, leads = _section(run_, "dialing"), _section(run_, "leads")
+    hours = None
+    if dialing.get("calling_hours"):
+        hours = rules.Hours.parse(dialing["calling_hours"], dialing.get("calling_days"))
+    dnc_path = dialing.get("do_not_call")
+    dnc = rules.DncFile(Path(dnc_path), leads.get("default_region", "US")) if dnc_path else None
+    pool = run_.settings.get("from_numbers") or [target.from_number]
+    cps = dialing.get("calls_per_second")
+    speed = target.speed if target.simulated else 1.0
+
+    def blocked(e164: str) -> str | None:
+        if dnc is None:
+            return None
+        dnc.refresh()
+        return "do-not-call" if e164 in dnc else None
+
+    return {
+        "hours": hours,
+        "pacer": rules.Pacer(float(cps) * speed if cps else None),
+        "blocked": blocked,
+        "pick_from": rules.CallerId(pool if isinstance(pool, list) else [target.from_number]),
+    }
 
 
 def drive(
@@ -216,6 +304,7 @@ def drive(
     calls: Any = None,
     stop_mode: str | None = None,
     passes: int | None = None,
+    no_wait: bool = False,
 ) -> str:
     """Take the run's lock, become its driver and loop until it ends. Returns the final status."""
     run_ = store.get_run(run_id)
@@ -233,9 +322,10 @@ def drive(
             owner,
             options=options_for(run_, target),
             params_for=params_for(run_),
-            pick_from=lambda _to: target.from_number,
             clock=clock,
             rng=random.Random(),
+            no_wait=no_wait,
+            **engine_rules(run_, target),
         )
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
         try:
@@ -264,7 +354,9 @@ def snapshot(store: Store, run_id: int, now: float) -> dict[str, Any]:
     """The run's status object: the seed's fields first, then ours (keys are a contract)."""
     run_ = store.get_run(run_id)
     counts = store.counts(run_id)
-    waiting, next_at = store.waiting(run_id, now)
+    waits = store.waiting(run_id, now)
+    retry = [waits[k] for k in ("retry", "throttle") if k in waits]
+    hours = waits.get("hours", (0, None))
     alive = lease.driver_alive(run_, now)
     status = run_.status
     if status in (RunStatus.RUNNING, RunStatus.STOPPING) and not alive:
@@ -281,8 +373,10 @@ def snapshot(store: Store, run_id: int, now: float) -> dict[str, Any]:
         "skipped": counts["skipped"],
         "skipped_reasons": store.skip_reasons(run_id),
         "needs_review": counts["needs_review"],
-        "waiting_retry": waiting,
-        "next_attempt_at": iso(next_at),
+        "waiting_retry": sum(n for n, _ in retry),
+        "waiting_hours": hours[0],
+        "next_attempt_at": iso(min((t for _, t in waits.values() if t), default=None)),
+        "next_window_at": iso(hours[1]),
         "dialing": counts["dialing"],
         "calling": counts["calling"],
         "outcomes": counts["outcomes"],
@@ -325,3 +419,46 @@ def stop(store: Store, run_id: int, *, cancel: bool, now: float) -> Run:
     return store.request_stop(
         run_id, cancel=cancel, driver_alive=lease.driver_alive(run_, now), now=now
     )
+
+
+def dry_run(
+    source: LeadSource, settings: Settings, store: Store | None, now: float
+) -> dict[str, Any]:
+    """What `start` would do, without writing anything or dialling anybody."""
+    check_templates(settings, source.columns)
+    skip = import_rules(store, settings, source.name) if store else None
+    dnc = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
+    hours = settings.dialing.calling_hours
+    window = rules.Hours.parse(hours, settings.dialing.calling_days) if hours else None
+    zones = zones_rule(hours, settings.dialing.timezone)
+    skipped: dict[str, dict[str, Any]] = {}
+    later: dict[str, Any] = {"count": 0, "examples": []}
+    rows = dial = 0
+    for lead in source:
+        rows += 1
+        reason = (lead.skip_reason, lead.skip_detail)
+        if reason[0] is None and lead.e164 in dnc:
+            reason = ("do-not-call", f"on the do-not-call list {dnc.path}")
+        if reason[0] is None and skip is not None:
+            reason = skip(lead) or (None, None)
+        if reason[0] is not None:
+            _example(skipped.setdefault(reason[0], {"count": 0, "examples": []}), lead, reason[1])
+            continue
+        dial += 1
+        if window and zones and not window.open_all(tuple(zones(lead).split(",")), now):
+            _example(later, lead, "outside calling hours now")
+    return {
+        "source": source.name,
+        "rows": rows,
+        "would_dial": dial,
+        "skipped": skipped,
+        "outside_hours_now": later,
+        "concurrency": settings.dialing.concurrency,
+        "calling_hours": hours,
+    }
+
+
+def _example(bucket: dict[str, Any], lead: Lead, detail: str | None) -> None:
+    bucket["count"] += 1
+    if len(bucket["examples"]) < 3:
+        bucket["examples"].append({"line": lead.line, "phone": lead.phone, "detail": detail})

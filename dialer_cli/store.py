@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -66,6 +66,8 @@ CREATE TABLE jobs (
   skip_reason TEXT, skip_detail TEXT,
   attempts INTEGER NOT NULL DEFAULT 0,
   next_at REAL,
+  wait TEXT,
+  tz TEXT,
   token TEXT,
   call_sid TEXT, twilio_status TEXT, status_at REAL,
   error_code INTEGER, error_message TEXT,
@@ -225,8 +227,13 @@ class Store:
         now: float,
         campaign: str | None = None,
         skip: Callable[[Lead], tuple[str, str] | None] | None = None,
+        zones: Callable[[Lead], str | None] | None = None,
     ) -> int:
-        """Import every lead and create the run in one transaction: all or nothing."""
+        """Import every lead and create the run in one transaction: all or nothing.
+
+        `skip` may refuse a lead (do-not-call, a template it cannot fill: raise to abort);
+        `zones` names the time zones whose calling hours the lead must be dialled within.
+        """
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO runs (source, source_key, campaign, status, concurrency, target, "
@@ -245,11 +252,11 @@ class Store:
                 ),
             )
             run_id = int(cur.lastrowid or 0)
-            rows = (self._job_row(run_id, lead, skip, now) for lead in leads)
+            rows = (self._job_row(run_id, lead, skip, zones, now) for lead in leads)
             while batch := list(islice(rows, 5000)):
                 conn.executemany(
                     "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, "
-                    "skip_reason, skip_detail, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "skip_reason, skip_detail, tz, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     batch,
                 )
         return run_id
@@ -259,23 +266,19 @@ class Store:
         run_id: int,
         lead: Lead,
         skip: Callable[[Lead], tuple[str, str] | None] | None,
+        zones: Callable[[Lead], str | None] | None,
         now: float,
     ) -> tuple[Any, ...]:
         reason, detail = lead.skip_reason, lead.skip_detail
         if reason is None and skip is not None and (rule := skip(lead)) is not None:
             reason, detail = rule
         state = JobState.SKIPPED if reason else JobState.QUEUED
+        tz = zones(lead) if zones is not None and state == JobState.QUEUED else None
         fields = json.dumps(lead.fields, ensure_ascii=False)
-        return (
-            run_id,
-            lead.line,
-            lead.phone,
-            lead.e164,
-            lead.name,
-            fields,
-            state,
+        return (run_id, lead.line, lead.phone, lead.e164, lead.name, fields, state) + (
             reason,
             detail,
+            tz,
             now,
         )
 
@@ -375,14 +378,21 @@ class Store:
     # -- the claim ----------------------------------------------------------------------------
 
     def claim(
-        self, run_id: int, owner_id: str, now: float, pick_from: Callable[[str], str]
+        self,
+        run_id: int,
+        owner_id: str,
+        now: float,
+        pick_from: Callable[[str], str],
+        closed_zones: Collection[str] = (),
+        blocked: Callable[[str], str | None] | None = None,
     ) -> Claim | None:
         """Take the next lead for dialing if a slot is free, or return None.
 
         One `BEGIN IMMEDIATE` holds the check and the act together: the run is still running and
         still ours, the account's calls in flight (dialing *and* calling, across every run that
         dials through it) are below N, the number is not live anywhere, and it is not on the
-        do-not-call list. Only after COMMIT returns may the create request be sent.
+        do-not-call list, and its calling hours hold (`closed_zones` are the zone groups outside
+        their window right now). Only after COMMIT returns may the create request be sent.
         """
         with self.transaction() as conn:
             run = conn.execute(
@@ -392,14 +402,15 @@ class Store:
                 return None
             if self._in_flight(conn, run["target"]) >= run["concurrency"]:
                 return None
-            job = self._next_job(conn, run_id, now)
+            job = self._next_job(conn, run_id, now, closed_zones, blocked)
             if job is None:
                 return None
             token = uuid.uuid4().hex
             from_number = pick_from(job["e164"])
             conn.execute(
                 "UPDATE jobs SET state='dialing', token=?, attempts=attempts+1, next_at=NULL, "
-                "call_sid=NULL, twilio_status=NULL, status_at=?, updated_at=? WHERE id=?",
+                "wait=NULL, call_sid=NULL, twilio_status=NULL, status_at=?, updated_at=? "
+                "WHERE id=?",
                 (token, now, now, job["id"]),
             )
             conn.execute(
@@ -428,25 +439,37 @@ class Store:
         return int(row[0])
 
     @staticmethod
-    def _next_job(conn: sqlite3.Connection, run_id: int, now: float) -> sqlite3.Row | None:
+    def _next_job(
+        conn: sqlite3.Connection,
+        run_id: int,
+        now: float,
+        closed_zones: Collection[str],
+        blocked: Callable[[str], str | None] | None,
+    ) -> sqlite3.Row | None:
+        closed = list(closed_zones)
+        hours = f"AND coalesce(tz, '') NOT IN ({','.join('?' * len(closed))}) " if closed else ""
         while True:
             job = conn.execute(
                 f"SELECT id, e164, attempts, fields FROM jobs WHERE run_id=? AND state='queued' "
-                f"AND coalesce(next_at, 0) <= ? "
+                f"AND coalesce(next_at, 0) <= ? {hours}"
                 f"AND e164 NOT IN (SELECT e164 FROM jobs WHERE state IN {LIVE}) "
                 f"ORDER BY id LIMIT 1",
-                (run_id, now),
+                (run_id, now, *closed),
             ).fetchone()
-            if (
-                job is None
-                or not conn.execute("SELECT 1 FROM dnc WHERE e164=?", (job["e164"],)).fetchone()
-            ):
+            if job is None:
+                return None
+            reason = (
+                "do-not-call"
+                if conn.execute("SELECT 1 FROM dnc WHERE e164=?", (job["e164"],)).fetchone()
+                else (blocked(job["e164"]) if blocked else None)
+            )
+            if reason is None:
                 return job
             conn.execute(
-                "UPDATE jobs SET state='skipped', skip_reason='do-not-call', "
+                "UPDATE jobs SET state='skipped', skip_reason=?, "
                 "skip_detail='added to the do-not-call list during the run', updated_at=? "
                 "WHERE id=?",
-                (now, job["id"]),
+                (reason, now, job["id"]),
             )
 
     # -- what the create request taught us ----------------------------------------------------
@@ -488,8 +511,9 @@ class Store:
             )
             conn.execute(
                 "UPDATE jobs SET state='queued', attempts=max(attempts-1, 0), next_at=?, "
-                "token=NULL, updated_at=? WHERE token=? AND state='dialing'",
-                (next_at, now, token),
+                "wait=CASE WHEN ? > ? THEN 'throttle' END, token=NULL, updated_at=? "
+                "WHERE token=? AND state='dialing'",
+                (next_at, next_at, now, now, token),
             )
 
     def mark_unknown(self, token: str, message: str, next_at: float, now: float) -> None:
@@ -608,9 +632,21 @@ class Store:
                 state, next_at = (JobState.COMPLETED if done else JobState.FAILED), None
             conn.execute(
                 "UPDATE jobs SET state=?, outcome=?, twilio_status=?, status_at=?, next_at=?, "
-                "token=CASE WHEN ?='queued' THEN NULL ELSE token END, updated_at=? "
+                "token=CASE WHEN ?='queued' THEN NULL ELSE token END, "
+                "wait=CASE WHEN ?='queued' THEN 'retry' END, updated_at=? "
                 "WHERE id=? AND token=? AND state='calling'",
-                (state, outcome, info.status, now, next_at, state, now, call.job_id, call.token),
+                (
+                    state,
+                    outcome,
+                    info.status,
+                    now,
+                    next_at,
+                    state,
+                    state,
+                    now,
+                    call.job_id,
+                    call.token,
+                ),
             )
 
     @staticmethod
@@ -678,14 +714,32 @@ class Store:
         )
         return {r[0]: r[1] for r in rows}
 
-    def waiting(self, run_id: int, now: float) -> tuple[int, float | None]:
-        """Queued leads that may not be dialled yet, and when the first of them may."""
-        row = self.read(
-            "SELECT count(*), min(next_at) FROM jobs WHERE run_id=? AND state='queued' "
-            "AND next_at > ?",
+    def waiting(self, run_id: int, now: float) -> dict[str, tuple[int, float | None]]:
+        """Queued leads that may not be dialled yet, by why (retry, hours, throttle), and when
+        the first of each may."""
+        rows = self.read(
+            "SELECT coalesce(wait, 'retry'), count(*), min(next_at) FROM jobs WHERE run_id=? "
+            "AND state='queued' AND next_at > ? GROUP BY 1",
             (run_id, now),
-        )[0]
-        return int(row[0]), row[1]
+        )
+        return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+    def zone_groups(self, run_id: int) -> list[str]:
+        """The distinct zone groups of the leads still to dial (few: one per area, at most)."""
+        rows = self.read(
+            "SELECT DISTINCT tz FROM jobs WHERE run_id=? AND state='queued' AND tz IS NOT NULL",
+            (run_id,),
+        )
+        return [r[0] for r in rows]
+
+    def wait_for_hours(self, run_id: int, tz: str, until: float, now: float) -> None:
+        """Leads of a zone group outside their window wait for it to open (shown in status)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET next_at=?, wait='hours', updated_at=? WHERE run_id=? "
+                "AND state='queued' AND tz=? AND coalesce(next_at, 0) < ?",
+                (until, now, run_id, tz, until),
+            )
 
     def next_due(self, run_id: int) -> float | None:
         row = self.read(

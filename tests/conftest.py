@@ -86,8 +86,11 @@ def make_leads(n: int, start: int = 100) -> list[Lead]:
     ]
 
 
-def new_run(store: Store, leads: list[Lead], concurrency: int = 3, **settings: object) -> int:
+def new_run(
+    store: Store, leads: list[Lead], concurrency: int = 3, zones=None, **settings: object
+) -> int:
     return store.create_run(
+        zones=zones,
         source="test.csv",
         source_key=f"test:{len(store.runs())}",
         leads=leads,
@@ -125,20 +128,14 @@ class Harness:
 
 @pytest.fixture
 def harness(store: Store, calls: TwilioCalls, clock: FakeClock) -> Callable[..., Harness]:
-    def make(run_id: int, owner: str = "owner-1", **options: object) -> Harness:
+    def make(
+        run_id: int, owner: str = "owner-1", rules: dict | None = None, **options: object
+    ) -> Harness:
         store.take_over(run_id, owner, os.getpid(), "test-host", clock())
         opts = Options(**{"poll_interval": 1.0, "reconcile_grace": 5.0, **options})
         params = CallParams(twiml="<Response><Say>Hi</Say></Response>")
-        dialer = Dialer(
-            store,
-            calls,
-            run_id,
-            owner,
-            options=opts,
-            params_for=lambda c: params,
-            pick_from=lambda to: FROM,
-            clock=clock,
-        )
+        extra = {"params_for": lambda c: params, "pick_from": lambda to: FROM, **(rules or {})}
+        dialer = Dialer(store, calls, run_id, owner, options=opts, clock=clock, **extra)
         return Harness(store, dialer, clock)
 
     return make
