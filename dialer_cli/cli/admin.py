@@ -1,0 +1,162 @@
+"""Supporting commands: the simulator, configuration, database paths, do-not-call."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dialer_cli import runner
+from dialer_cli.cli.common import (
+    ConfigOption,
+    DbOption,
+    JsonOption,
+    app,
+    err,
+    guarded,
+    open_store,
+    out,
+    settings_for,
+)
+from dialer_cli.config import default_config_path, default_db_path, describe
+from dialer_cli.errors import InputError
+
+config_app = typer.Typer(no_args_is_help=True, help="Show the configuration and where it lives.")
+db_app = typer.Typer(no_args_is_help=True, help="Where the database lives.")
+dnc_app = typer.Typer(no_args_is_help=True, help="The do-not-call list kept in the database.")
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(dnc_app, name="dnc")
+
+
+@app.command()
+@guarded
+def simulator(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = any free one).")] = 0,
+    speed: Annotated[float, typer.Option("--speed", min=0.1)] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Serve the built-in Twilio simulator on 127.0.0.1 for manual testing.
+
+    Example: dialer simulator --port 8765 --speed 10
+    """
+    from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
+
+    sim = Simulator(speed=speed, seed=seed)
+    err.print(
+        f"point twilio.base_url at the URL below; account_sid {DEFAULT_ACCOUNT_SID}, "
+        f"auth_token {DEFAULT_AUTH_TOKEN} (simulator only). Ctrl-C stops it."
+    )
+    sim.start(port)
+    print(sim.url, flush=True)
+    sim.serve_forever()
+
+
+@config_app.command("show")
+@guarded
+def config_show(config: ConfigOption = None) -> None:
+    """Every setting with its value and where it came from (the auth token is never shown).
+
+    Example: dialer config show
+    """
+    for key, value, source in describe(settings_for(config)):
+        out.print(f"{key} = {value}  [{source}]", markup=False)
+
+
+@config_app.command("path")
+@guarded
+def config_path(config: ConfigOption = None) -> None:
+    """The configuration file dialer reads.
+
+    Example: dialer config path
+    """
+    print(config or default_config_path())
+
+
+@db_app.command("path")
+@guarded
+def db_path(db: DbOption = None) -> None:
+    """The database file dialer uses.
+
+    Example: dialer db path
+    """
+    print(db or default_db_path())
+
+
+def dnc_numbers(numbers: list[str], config: Path | None) -> list[str]:
+    from dialer_cli.leads import normalize
+
+    region = settings_for(config).leads.default_region
+    valid, bad = [], []
+    for raw in numbers:
+        e164, _, _ = normalize(raw, region)
+        (valid if e164 else bad).append(e164 or raw)
+    if bad:
+        raise InputError(f"not a valid phone number: {', '.join(bad)}")
+    return valid
+
+
+@dnc_app.command("add")
+@guarded
+def dnc_add(
+    numbers: Annotated[list[str], typer.Argument(help="Numbers, in any format.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Never call these numbers, in any run, from now on (also runs in progress).
+
+    Example: dialer dnc add "+1 212 555 0101"
+    """
+    added = open_store(db).dnc_add(dnc_numbers(numbers, config), "dnc add", time.time())
+    err.print(f"{added} added to the do-not-call list")
+
+
+@dnc_app.command("remove")
+@guarded
+def dnc_remove(
+    numbers: Annotated[list[str], typer.Argument(help="Numbers, in any format.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Take numbers off the do-not-call list.
+
+    Example: dialer dnc remove +12125550101
+    """
+    removed = open_store(db).dnc_remove(dnc_numbers(numbers, config))
+    err.print(f"{removed} removed from the do-not-call list")
+
+
+@dnc_app.command("list")
+@guarded
+def dnc_list(as_json: JsonOption = False, db: DbOption = None) -> None:
+    """The numbers on the do-not-call list.
+
+    Example: dialer dnc list --json
+    """
+    rows = open_store(db).dnc_list()
+    if as_json:
+        print(json.dumps([r | {"added_at": runner.iso(r["added_at"])} for r in rows]))
+        return
+    for row in rows:
+        print(f"{row['e164']}\t{runner.iso(row['added_at'])}\t{row['source'] or ''}")
+
+
+@dnc_app.command("import")
+@guarded
+def dnc_import(
+    file: Annotated[Path, typer.Argument(help="A file of numbers (one per line, or CSV).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add every number in a file to the do-not-call list.
+
+    Example: dialer dnc import opt-outs.csv
+    """
+    from dialer_cli.rules import read_numbers
+
+    numbers = read_numbers(file, settings_for(config).leads.default_region)
+    added = open_store(db).dnc_add(sorted(numbers), str(file), time.time())
+    err.print(f"{added} of {len(numbers)} numbers from {file} added to the do-not-call list")
