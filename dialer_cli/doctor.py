@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dialer_cli import runner, sources
 from dialer_cli.config import Settings, default_config_path, load_settings
 from dialer_cli.errors import ConfigError, DialerError, TwilioFailure
 from dialer_cli.store import SCHEMA_VERSION, Store
+
+if TYPE_CHECKING:
+    from dialer_cli.twilio_adapter import TwilioCalls
 
 LOCK_TIMEOUT = 5.0  # seconds to wait for a writer (a running `dialer start`) to let go
 
@@ -277,22 +281,13 @@ def _at(settings: Settings) -> str:
     return "" if base == "https://api.twilio.com" else f" at {base}"
 
 
-def check_from_numbers(settings: Settings, calls: object) -> Check:
-    """Each From number is one of the account's own: Twilio refuses a call from any other.
-
-    Needs TwilioCalls.owns_number (proposed for twilio_adapter.py, the only module that may use
-    the twilio package); until then the numbers are listed as not verified.
-    """
+def check_from_numbers(settings: Settings, calls: TwilioCalls) -> Check:
+    """Each From number is one of the account's own: Twilio refuses a call from any other."""
     numbers = list(
         dict.fromkeys(n for n in (settings.twilio.from_number, *settings.twilio.from_numbers) if n)
     )
-    owns: Callable[[str], bool] | None = getattr(calls, "owns_number", None)
-    if owns is None:
-        return Check(
-            "from", True, f"{', '.join(numbers)} (not verified: adapter lacks owns_number)"
-        )
     try:
-        foreign = [n for n in numbers if not owns(n)]
+        foreign = [n for n in numbers if not calls.owns_number(n)]
     except TwilioFailure as exc:
         return Check("from", False, f"cannot list the account's numbers ({exc})")
     if foreign:

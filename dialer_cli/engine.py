@@ -76,6 +76,7 @@ class Dialer:
         pacer: Pacer | None = None,
         blocked: Callable[[str], str | None] | None = None,
         no_wait: bool = False,
+        deadline: float | None = None,
     ):
         self.store, self.calls, self.run_id, self.owner_id = store, calls, run_id, owner_id
         self.options, self.params_for, self.pick_from, self.clock = (
@@ -96,6 +97,7 @@ class Dialer:
         self._groups: list[str] | None = None  # zone groups of the leads still queued
         self._swept: dict[str, float] = {}  # zone group -> until when its leads were set waiting
         self._announced_wait: float | None = None
+        self.deadline = deadline  # --until / --max-duration: then dial nothing new
 
     def drain(self) -> None:
         self.draining = True
@@ -105,6 +107,9 @@ class Dialer:
     def tick(self) -> Tick:
         now = self.clock()
         tick = Tick(next_wake=now + self.options.poll_interval)
+        if self.deadline is not None and now >= self.deadline and not self.draining:
+            self.drain()
+            tick.events.append(Event("deadline", now, self.run_id, {"at": self.deadline}))
         self._heartbeat(now)
         run = self.store.get_run(self.run_id)
         for call in self.store.live_calls(self.run_id):

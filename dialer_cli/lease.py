@@ -16,14 +16,16 @@ from dialer_cli.errors import BusyError, StoreError
 from dialer_cli.models import Run
 
 
-class RunLock:
-    def __init__(self, db_path: str, run_id: int):
-        self.path = Path(f"{db_path}.locks") / f"run-{run_id}.lock"
-        self.run_id = run_id
+class NamedLock:
+    """An exclusive lock beside the database, released by the OS when its process dies."""
+
+    def __init__(self, db_path: str, name: str):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        self.path = Path(f"{db_path}.locks") / f"{safe}.lock"
         self._fd: int | None = None
 
-    def acquire(self, run: Run | None = None) -> None:
-        """Take the lock or raise BusyError naming the process that holds it."""
+    def acquire(self, busy_message: str) -> None:
+        """Take the lock or raise BusyError with the message."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -33,11 +35,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            who = f" (pid {run.owner_pid} on {run.owner_host})" if run and run.owner_pid else ""
-            raise BusyError(
-                f"run {self.run_id} is being driven by another process{who}; "
-                f"watch it with `dialer status {self.run_id}`"
-            ) from None
+            raise BusyError(busy_message) from None
         self._fd = fd
 
     def release(self) -> None:
@@ -45,11 +43,26 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> NamedLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class RunLock(NamedLock):
+    """The one-driver-per-run lock."""
+
+    def __init__(self, db_path: str, run_id: int):
+        super().__init__(db_path, f"run-{run_id}")
+        self.run_id = run_id
+
+    def acquire_run(self, run: Run | None = None) -> None:
+        who = f" (pid {run.owner_pid} on {run.owner_host})" if run and run.owner_pid else ""
+        self.acquire(
+            f"run {self.run_id} is being driven by another process{who}; "
+            f"watch it with `dialer status {self.run_id}`"
+        )
 
 
 def driver_alive(run: Run, now: float, stale_after: float = 60.0) -> bool:

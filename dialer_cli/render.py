@@ -26,13 +26,20 @@ from rich.text import Text
 from dialer_cli.models import Event
 
 COUNTERS = ("queued", "in_progress", "completed", "failed", "skipped", "needs_review")
-OPTIONAL_COUNTERS = ("canceled", "rejected", "needs review")  # shown only when not zero
+WAITS = ("waiting_retry", "waiting_hours")
+LIVE_COUNTERS = (
+    "queued in_progress answered busy no_answer failed canceled rejected skipped waiting_retry "
+    "waiting_hours needs_review"
+).split()
+OPTIONAL_COUNTERS = ("canceled", "rejected", "waiting_hours", "needs_review")  # unless not zero
+LABELS = {"in_progress": "in flight", "no_answer": "no-answer"}
 LIVE_STATUSES = ("running", "stopping")
 OUTCOME_STYLES = {"answered": "green", "busy": "yellow", "no-answer": "yellow", "failed": "red"}
 OUTCOME_STYLES |= {"rejected": "red", "in-progress": "green"}
 NAME_WIDTH = 24  # cells; names are cut to this before they are bidi-isolated
 PANEL_WIDTH = 120  # the live panel stops growing here on wide terminals
 IN_FLIGHT_ROWS = 12
+WIDE = 118  # the calls table shows whole SIDs and the run from this width on
 HIDDEN_DIGITS = re.compile(r"\d(?=\D*\d\D*\d)")  # every digit but the last two
 BIDI_CONTROLS = frozenset("LRE RLE LRO RLO PDF LRI RLI FSI PDI".split())
 
@@ -77,7 +84,17 @@ def describe(event: Event) -> str:
     return f"{kind} {json.dumps(d, ensure_ascii=False, default=str)}"
 
 
-class LineView:
+class _PlainView:
+    """What LineView and JsonView share: nothing to redraw, so waiting is plain sleeping."""
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        pass
+
+
+class LineView(_PlainView):
     """One timestamped plain line per event: no colours, no cursor movement."""
 
     def __init__(self, stream: TextIO, quiet: bool = False, log: TextIO | None = None):
@@ -92,14 +109,8 @@ class LineView:
             self.stream.write(line + "\n")
             self.stream.flush()
 
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
-    def close(self) -> None:
-        pass
-
-
-class JsonView:
+class JsonView(_PlainView):
     """JSON Lines on stdout for scripts: one object per event."""
 
     def __init__(self, stream: TextIO):
@@ -109,12 +120,6 @@ class JsonView:
         record = {"event": event.kind, "at": stamp(event.at), "run_id": event.run_id, **event.data}
         self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self.stream.flush()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def close(self) -> None:
-        pass
 
 
 class LiveView:
@@ -178,15 +183,13 @@ def mask_number(number: str | None) -> str:
 
 
 def cell(text: str | None, width: int = NAME_WIDTH) -> str:
-    """A name made safe for one table cell, whatever script it is written in.
+    """A name made safe for one table cell, whatever its script.
 
-    Control characters become spaces and explicit bidi controls are dropped (an RLO in a name
-    would reverse the rest of the row); then the name is cut to `width` *before* it is wrapped,
-    so Rich never truncates inside the isolate. Text with right-to-left letters is wrapped in
-    FSI…PDI (U+2068/U+2069): a bidi terminal lays it out inside its own cell and the line keeps
-    its left-to-right order (the isolate is also skipped when the terminal guesses the line's
-    direction). Rich and wcwidth count both marks as zero columns, so alignment holds.
-    """
+    Control characters become spaces and bidi controls go (an RLO would reverse the rest of the
+    row). The name is cut to `width` *before* right-to-left text is wrapped in FSI…PDI
+    (U+2068/U+2069), so Rich never cuts inside the isolate: a bidi terminal lays the name out
+    within its cell, and skips it when guessing the line's direction. Both marks are zero
+    columns wide for Rich and wcwidth, so alignment holds."""
     clean = "".join(
         " " if unicodedata.category(ch) == "Cc" else ch
         for ch in text or ""
@@ -245,8 +248,8 @@ def _timing(view: dict[str, Any]) -> Text:
     if view.get("mean_call_s"):
         parts.append(f"mean call {duration(view['mean_call_s'])}")
     parts.append(f"concurrency {snap['concurrency']}")
-    if snap.get("next_attempt_at"):
-        parts.append(f"next retry {snap['next_attempt_at'][11:19]}Z")
+    if snap.get("next_window_at"):
+        parts.append(f"calling hours open {snap['next_window_at'][11:16]}Z")
     return Text(" · ".join(parts))
 
 
@@ -263,14 +266,13 @@ def _progress(snap: dict[str, Any]) -> Table:
 
 
 def _counters(snap: dict[str, Any]) -> Columns:
-    o = snap["outcomes"]
-    items = [("queued", snap["queued"]), ("in flight", snap["in_progress"])]
-    items += [("answered", o["answered"]), ("busy", o["busy"]), ("no-answer", o["no_answer"])]
-    items += [("failed", o["failed"]), ("canceled", o["canceled"]), ("rejected", o["rejected"])]
-    items += [("skipped", snap["skipped"]), ("waiting retry", snap["waiting_retry"])]
-    items += [("needs review", snap["needs_review"])]
-    shown = [(k, v) for k, v in items if v or k not in OPTIONAL_COUNTERS]
-    return Columns([Text.assemble(f"{k} ", (str(v), "bold")) for k, v in shown], padding=(0, 2))
+    values = {**snap, **snap["outcomes"]}  # `failed` is the outcome here, not the job state
+    shown = [k for k in LIVE_COUNTERS if values.get(k) or k not in OPTIONAL_COUNTERS]
+    cells = [
+        Text.assemble(f"{LABELS.get(k, k.replace('_', ' '))} ", (str(values.get(k, 0)), "bold"))
+        for k in shown
+    ]
+    return Columns(cells, padding=(0, 2))
 
 
 def _table(
@@ -301,8 +303,8 @@ def status_table(snap: dict[str, Any]) -> Table:
     table = Table(title=f"run {snap['run_id']}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value")
-    for key in ("status", "source", *COUNTERS, "total_leads", "waiting_retry", "concurrency"):
-        table.add_row(key.replace("_", " "), str(snap[key]))
+    for key in ("status", "source", *COUNTERS, "total_leads", *WAITS, "concurrency"):
+        table.add_row(key.replace("_", " "), str(snap.get(key, 0)))
     outcomes = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in snap["outcomes"].items() if v)
     table.add_row("outcomes", outcomes or "none yet")
     if snap.get("skipped_reasons"):
@@ -326,17 +328,17 @@ def answer_rate(snap: dict[str, Any]) -> float | None:
     lead counters (same definition, counting each lead's final call)."""
     if (stats := snap.get("stats")) is not None:
         return stats.get("answer_rate")
-    o = snap["outcomes"]
-    placed = o["answered"] + o["busy"] + o["no_answer"] + o["failed"] + o["canceled"]
-    return o["answered"] / placed if placed else None
+    placed = sum(v for k, v in snap["outcomes"].items() if k != "rejected")
+    return snap["outcomes"]["answered"] / placed if placed else None
 
 
 def runs_table(runs: list[dict[str, Any]]) -> Table:
-    table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("run", justify="right")
-    table.add_column("campaign / source", overflow="ellipsis", no_wrap=True, ratio=1)
-    for column in ("created", "status", "progress", "answered"):
-        table.add_column(column, no_wrap=True, justify="left" if column != "answered" else "right")
+    table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("run", justify="right", no_wrap=True)
+    table.add_column("campaign", overflow="ellipsis", no_wrap=True, max_width=30)
+    for column in ("created", "status", "progress"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("answer rate", justify="right", no_wrap=True)
     for snap in runs:
         done = snap["completed"] + snap["failed"] + snap["needs_review"]
         total = snap["total_leads"]
@@ -351,27 +353,44 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
     return table
 
 
-def calls_table(page: dict[str, Any], mask: bool = False) -> Table:
-    """One page of calls; the caption says how to get the next one."""
+def calls_table(page: dict[str, Any], mask: bool = False) -> RenderableType:
+    """One page of calls; the caption says how to get the next one. Narrower than WIDE, the run
+    column goes and SIDs are shortened (`--json` has them whole) so nothing else is cut."""
+    return _Fit(lambda width: _calls_table(page, mask, wide=width >= WIDE))
+
+
+def _calls_table(page: dict[str, Any], mask: bool, wide: bool) -> Table:
     pages = max(1, -(-page["total"] // page["page_size"]))
-    table = Table(title="calls", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("started", "run", "lead", "number", "outcome", "talk", "call sid"):
-        table.add_column(column, no_wrap=column != "call sid", overflow="fold")
+    table = Table(title="calls", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    columns = ("started", "run", "lead", "number", "outcome", "talk", "sid")
+    for column in columns if wide else [c for c in columns if c != "run"]:
+        table.add_column(column, no_wrap=True)
     for item in page["items"]:
-        number = mask_number(item["to"]) if mask else item["to"]
-        table.add_row(
-            (item["started_at"] or "")[:19].replace("T", " "),
+        sid = item["call_sid"] or ""
+        row = [
+            (item["started_at"] or "")[0 if wide else 5 : 19 if wide else 16].replace("T", " "),
             str(item["run_id"]),
-            cell(item["lead_name"], 20),
-            number,
+            cell(item["lead_name"], 20 if wide else 13),
+            mask_number(item["to"]) if mask else item["to"],
             item["outcome"] or item["twilio_status"] or "",
             duration(item["duration_s"]) if item["duration_s"] else "",
-            item["call_sid"] or "",
-        )
+            sid if wide or len(sid) < 12 else f"{sid[:2]}…{sid[-4:]}",
+        ]
+        table.add_row(*(row if wide else row[:1] + row[2:]))
     more = f" · next: --page {page['page'] + 1}" if page["page"] < pages else ""
     table.caption = f"{page['total']} calls · page {page['page']} of {pages}{more}"
     table.caption_justify = "left"
     return table
+
+
+class _Fit:
+    """A renderable built for the width it is given (a table that drops columns when narrow)."""
+
+    def __init__(self, build: Callable[[int], RenderableType]):
+        self.build = build
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.build(options.max_width)
 
 
 def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:

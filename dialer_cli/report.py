@@ -42,7 +42,8 @@ def live_data(store: Store, run_id: int, now: float) -> dict[str, Any]:
     sample = _recent_call_lengths(store, run_id)
     mean = sum(sample) / len(sample) if sample else None
     running = snap["status"] in (RunStatus.RUNNING, RunStatus.STOPPING)
-    remaining = snap["queued"] + snap["in_progress"]
+    # Leads waiting for calling hours are not in the ETA: the panel shows when their window opens.
+    remaining = snap["queued"] - snap.get("waiting_hours", 0) + snap["in_progress"]
     return {
         "status": snap,
         "now": now,
@@ -216,8 +217,8 @@ def report_rows(store: Store, run_id: int, now: float | None = None) -> Iterator
     when = time.time() if now is None else now
     after = 0
     while jobs := store.read(
-        "SELECT id, fields, e164, state, outcome, skip_reason, attempts, next_at, call_sid, "
-        "error_code, error_message FROM jobs WHERE run_id=? AND id>? ORDER BY id LIMIT ?",
+        "SELECT id, fields, e164, state, outcome, skip_reason, attempts, next_at, wait, "
+        "call_sid, error_code, error_message FROM jobs WHERE run_id=? AND id>? ORDER BY id LIMIT ?",
         (run_id, after, PAGE),
     ):
         calls = _calls_by_job(store, jobs[0]["id"], jobs[-1]["id"])
@@ -292,8 +293,9 @@ def ring_seconds(call: sqlite3.Row | dict[str, Any]) -> int | None:
 def lead_outcome(job: dict[str, Any], now: float) -> str:
     """Where a lead stands, in one word a spreadsheet can filter on.
 
-    A queued lead with a future next_at waits: for its retry if it was already attempted,
-    otherwise for calling hours (a hook: nothing schedules that yet).
+    A queued lead with a future next_at waits, for the reason jobs.wait records: calling hours
+    (`waiting_hours`), or a retry or a throttled create (`waiting_retry`). Without a recorded
+    reason, attempts decide: attempted before means a retry.
     """
     state = job["state"]
     if state == JobState.SKIPPED:
@@ -305,7 +307,8 @@ def lead_outcome(job: dict[str, Any], now: float) -> str:
     if state == JobState.FAILED:
         return job["outcome"] or "failed"
     if state == JobState.QUEUED and (job["next_at"] or 0) > now:
-        return "waiting_retry" if job["attempts"] else "waiting_hours"
+        wait = job.get("wait") or ("retry" if job["attempts"] else "hours")
+        return "waiting_hours" if wait == "hours" else "waiting_retry"
     return str(state)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +130,13 @@ def _plain(section: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_source(
-    store: Store, source: LeadSource, target: Target, new: bool, campaign: str | None = None
-) -> None:
+def check_source(store: Store, source: LeadSource, target: Target, new: bool) -> None:
     """One unfinished run per source and account: starting it again names the run to resume.
 
     A completed source is dialled again only with --new, except on the simulator, which
     reaches nobody (so the demo can be run again and again).
     """
-    latest = store.latest_run(source_key=source.key, campaign=campaign, target=target.key)
+    latest = store.latest_run(source_key=source.key, target=target.key)
     if latest is None or new:
         return
     if latest.status == RunStatus.COMPLETED:
@@ -164,7 +163,7 @@ def import_run(
     """Create the run from the source in one transaction, applying the rules known at import:
     do-not-call lists, template checks, each lead's time zones for calling hours."""
     check_templates(settings, source.columns)
-    skip = import_rules(store, settings, source.name)
+    skip = import_rules(store, settings, source.name, campaign, now)
     return store.create_run(
         source=source.name,
         source_key=source.key,
@@ -187,12 +186,22 @@ def check_templates(settings: Settings, columns: list[str]) -> None:
 
 
 def import_rules(
-    store: Store, settings: Settings, source_name: str
+    store: Store,
+    settings: Settings,
+    source_name: str,
+    campaign: str | None = None,
+    now: float | None = None,
 ) -> Callable[[Lead], tuple[str, str] | None]:
-    """Why a valid lead is not dialled at all: do-not-call; and an unusable filled template
-    aborts the whole import (raised, so the transaction rolls back)."""
+    """Why a valid lead is not dialled at all: do-not-call, or already answered in an earlier
+    run of the campaign; an unusable filled template aborts the whole import (raised, so the
+    transaction rolls back)."""
     dnc_file = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
     twiml = settings.call.twiml if rules.template_fields(settings.call.twiml) else None
+    answered: set[str] = set()
+    if campaign is not None:
+        recall = settings.dialing.recall_after
+        since = (now or time.time()) - recall if recall is not None else None
+        answered = store.answered_in_campaign(campaign, since)
 
     def skip(lead: Lead) -> tuple[str, str] | None:
         if twiml is not None:
@@ -202,6 +211,8 @@ def import_rules(
             return "do-not-call", f"on the do-not-call list {dnc_file.path}"
         if store.dnc_contains(lead.e164):
             return "do-not-call", "on the do-not-call list (dialer dnc)"
+        if lead.e164 in answered:
+            return "already-called", f"answered in an earlier run of campaign {campaign}"
         return None
 
     return skip
@@ -305,11 +316,12 @@ def drive(
     stop_mode: str | None = None,
     passes: int | None = None,
     no_wait: bool = False,
+    deadline: float | None = None,
 ) -> str:
     """Take the run's lock, become its driver and loop until it ends. Returns the final status."""
     run_ = store.get_run(run_id)
     with lease.RunLock(store.path, run_id) as lock:
-        lock.acquire(run_)
+        lock.acquire_run(run_)
         owner = uuid.uuid4().hex
         pid, host = lease.identity()
         if concurrency is not None:
@@ -325,6 +337,7 @@ def drive(
             clock=clock,
             rng=random.Random(),
             no_wait=no_wait,
+            deadline=deadline,
             **engine_rules(run_, target),
         )
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
@@ -462,3 +475,50 @@ def _example(bucket: dict[str, Any], lead: Lead, detail: str | None) -> None:
     bucket["count"] += 1
     if len(bucket["examples"]) < 3:
         bucket["examples"].append({"line": lead.line, "phone": lead.phone, "detail": detail})
+
+
+def deadline(until: str | None, max_duration: str | None, now: float) -> float | None:
+    """The earlier of --until HH:MM (local time, the next such moment) and --max-duration."""
+    ends = []
+    if until is not None:
+        ends.append(next_local_time(until, now))
+    if max_duration is not None:
+        ends.append(now + parse_duration(max_duration))
+    return min(ends) if ends else None
+
+
+def next_local_time(hhmm: str, now: float) -> float:
+    try:
+        hours, minutes = (int(p) for p in hhmm.split(":"))
+        local = datetime.fromtimestamp(now).astimezone()
+        at = local.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+    except ValueError:
+        raise InputError(f"--until {hhmm!r}: expected a local time such as 06:30") from None
+    if at.timestamp() <= now:
+        at += timedelta(days=1)
+    return at.timestamp()
+
+
+def parse_duration(text: str) -> float:
+    """90s, 45m, 2h, 1h30m (a bare number is seconds)."""
+    match = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*"
+        r"(?:(\d+(?:\.\d+)?)s?)?\s*",
+        text,
+    )
+    if not text.strip() or match is None or not any(match.groups()):
+        raise InputError(f"--max-duration {text!r}: expected a duration such as 90s, 45m or 2h")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def existing_campaign_run(
+    store: Store, campaign: str | None, target: Target, new: bool
+) -> int | None:
+    """Re-running a campaign resumes its unfinished run instead of duplicating it."""
+    if campaign is None or new:
+        return None
+    latest = store.latest_run(campaign=campaign, target=target.key)
+    if latest is None or latest.status == RunStatus.COMPLETED:
+        return None
+    return latest.id

@@ -797,6 +797,15 @@ class Store:
     def dnc_list(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.read("SELECT e164, added_at, source FROM dnc ORDER BY e164")]
 
+    def answered_in_campaign(self, campaign: str, since: float | None) -> set[str]:
+        """Numbers whose call was answered in a run of this campaign (since a time, or ever)."""
+        rows = self.read(
+            "SELECT j.e164 FROM runs r JOIN jobs j ON j.run_id = r.id AND j.state = 'completed' "
+            "WHERE r.campaign = ? AND j.updated_at >= ?",
+            (campaign, since if since is not None else float("-inf")),
+        )
+        return {r[0] for r in rows}
+
     def dnc_contains(self, e164: str) -> bool:
         return bool(self.read("SELECT 1 FROM dnc WHERE e164=?", (e164,)))
 

@@ -152,6 +152,15 @@ class TwilioCalls:
             raise self._failure(exc, creating=False) from None
         return str(account.friendly_name or account.sid)
 
+    def owns_number(self, number: str) -> bool:
+        """Whether `number` is one of the account's phone numbers: Twilio refuses any other From.
+        One read-only request: GET IncomingPhoneNumbers.json?PhoneNumber=..."""
+        try:
+            found = self._client.incoming_phone_numbers.list(phone_number=number, limit=1)
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(exc, creating=False) from None
+        return any(n.phone_number == number for n in found)
+
     # -- error classification -----------------------------------------------------------------
 
     def _retry_after(self) -> float | None:
@@ -168,7 +177,7 @@ class TwilioCalls:
         if isinstance(exc, TwilioException):  # list()/page() errors: the response is args[1]
             response = exc.args[1] if len(exc.args) > 1 else None
             status = getattr(response, "status_code", None)
-            return self._classify(status, None, "Twilio could not list calls", creating)
+            return self._classify(status, None, "Twilio did not answer a list request", creating)
         if isinstance(exc, requests.exceptions.RequestException):
             what = type(exc).__name__
             if creating:

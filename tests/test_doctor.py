@@ -19,25 +19,9 @@ from dialer_cli import doctor
 from dialer_cli.doctor import Check
 from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 from dialer_cli.store import SCHEMA_VERSION, Store
-from dialer_cli.twilio_adapter import TwilioCalls
 
 FROM = "+14155550100"
 NAMES = ["config", "database", "source", "twilio", "from"]
-
-
-def proposed_owns_number(self: TwilioCalls, number: str) -> bool:
-    """The TwilioCalls.owns_number proposed for twilio_adapter.py, used until it lands there."""
-    try:
-        found = self._client.incoming_phone_numbers.list(phone_number=number, limit=1)
-    except Exception as exc:  # noqa: BLE001 - classified as the adapter does
-        raise self._failure(exc, creating=False) from None
-    return any(n.phone_number == number for n in found)
-
-
-@pytest.fixture(autouse=True)
-def owns_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not hasattr(TwilioCalls, "owns_number"):
-        monkeypatch.setattr(TwilioCalls, "owns_number", proposed_owns_number, raising=False)
 
 
 @pytest.fixture
@@ -220,14 +204,6 @@ def test_from_number_not_owned(tmp_path: Path, sim: Simulator, crm: Path) -> Non
         "from": "+14155550199 not among this account's phone numbers; "
         "set twilio.from_number to a number the account owns"
     }
-
-
-def test_from_number_not_verified_without_the_adapter_method(
-    tmp_path: Path, sim: Simulator, crm: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delattr(TwilioCalls, "owns_number")
-    checks = by_name(diagnose(write_config(tmp_path, sim, crm), tmp_path / "d.db"))
-    assert checks["from"].detail == f"{FROM} (not verified: adapter lacks owns_number)"
 
 
 def test_missing_table_in_the_source(tmp_path: Path, sim: Simulator, crm: Path) -> None:

@@ -52,8 +52,16 @@ def test_panel_shows_counters_and_calls_in_flight_but_no_eta_yet(store, sim, har
     h.tick()  # answered at 2.5 s: the status changes now, so its age starts again
     h.clock.advance(3)
     text = panel_text(store, h)
-    for needle in ("run 1 · running · test.csv", "queued 7", "in flight 3", "answered 0",
-                   "0/10 done", "in flight (3)", "elapsed 7s", "ETA measuring"):  # fmt: skip
+    for needle in (
+        "run 1 · running · test.csv",
+        "queued 7",
+        "in flight 3",
+        "answered 0",
+        "0/10 done",
+        "in flight (3)",
+        "elapsed 7s",
+        "ETA measuring",
+    ):
         assert needle in text, needle
     assert not re.search(r"ETA \d", text)
     for i in range(3):
@@ -147,8 +155,13 @@ def test_no_color_output_has_no_colours_and_a_readable_bar(store, sim, harness, 
 
 def test_duration():
     assert [render.duration(s) for s in (None, 4.4, 59.6, 64, 3599, 4080)] == [
-        "", "4s", "1m 00s", "1m 04s", "59m 59s", "1h 08m",
-    ]  # fmt: skip
+        "",
+        "4s",
+        "1m 00s",
+        "1m 04s",
+        "59m 59s",
+        "1h 08m",
+    ]
 
 
 # -- one-shot tables -----------------------------------------------------------------------------
@@ -169,13 +182,13 @@ def test_calls_table_pages_and_masks(store, sim, harness):
     h = harness(new_run(store, make_leads(5), concurrency=5))
     h.run_until_done(step=1.0)
     rows, total = store.calls_page(None, 1, 2)
-    page = {"items": [runner.call_item(r) for r in rows], "total": total, "page": 1,
-            "page_size": 2}  # fmt: skip
+    page = {"items": [runner.call_item(r) for r in rows], "total": total, "page": 1, "page_size": 2}
     wide = draw(render.calls_table(page), 200)
     assert "5 calls · page 1 of 3 · next: --page 2" in wide
     assert rows[0]["call_sid"] in wide and "answered" in wide and "10s" in wide
     narrow = draw(render.calls_table(page, mask=True), 80)
     assert "+1 212 •••-••04" in narrow and "+12125550104" not in narrow
+    assert f"CA…{rows[0]['call_sid'][-4:]}" in narrow and "…" not in narrow.replace("CA…", "")
     assert max(cell_len(line) for line in narrow.splitlines()) <= 80
 
 
@@ -210,11 +223,15 @@ def read_pty(fd: int, until: Callable[[str], bool], timeout: float, seen: str = 
 
 
 def spawn(*args: object, **kwargs) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TWILIO_", "DIALER_")) and k not in ("COLUMNS", "LINES")}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TWILIO_", "DIALER_")) and k not in ("COLUMNS", "LINES")
+    }
     env["TERM"] = "xterm-256color"
-    return subprocess.Popen([sys.executable, "-m", "dialer_cli", *map(str, args)], env=env,
-                            cwd=ROOT, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "dialer_cli", *map(str, args)], env=env, cwd=ROOT, **kwargs
+    )
 
 
 def test_status_on_a_terminal_redraws_and_ends_with_the_run(tmp_path):
@@ -226,9 +243,10 @@ def test_status_on_a_terminal_redraws_and_ends_with_the_run(tmp_path):
     db = tmp_path / "d.db"
     with Simulator(clock=clock, plan=plan) as sim:
         cfg = write_config(tmp_path / "c.yaml", sim, concurrency=3, poll_interval=0.05)
-        start = spawn("start", csv, "--config", cfg, "--db", db, "--yes",
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        pipes = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        start = spawn("start", csv, "--config", cfg, "--db", db, "--yes", **pipes)
         master, slave = os.openpty()
+        status = None
         try:
             deadline = time.monotonic() + 30
             while len(sim.calls()) < 3:  # the run is going: all three calls are ringing
@@ -242,10 +260,10 @@ def test_status_on_a_terminal_redraws_and_ends_with_the_run(tmp_path):
             clock.advance(100)  # every call ends: the run completes
             shown = read_pty(master, lambda _: False, timeout=30, seen=shown)
             assert status.wait(10) == 0
-            assert start.wait(30) == 0, start.stderr.read() if start.stderr else ""
+            assert start.wait(30) == 0, start.communicate()[1]
         finally:
-            for proc in [start, *([status] if "status" in locals() else [])]:
-                if proc.poll() is None:
+            for proc in (start, status):
+                if proc is not None and proc.poll() is None:
                     proc.kill()
             os.close(master)
     assert "run 1 completed: 3 leads: 3 answered" in shown

@@ -44,8 +44,9 @@ def every_outcome_leads() -> list[Lead]:
     for i, (name, e164, plan) in enumerate(EVERY_OUTCOME):
         fields = {"name": name, "phone": e164 or "12", "outcome": "prior"}  # clashes with ours
         skip = plan if isinstance(plan, str) else None
-        leads.append(Lead(i + 2, fields["phone"], None if skip == "invalid-number" else e164,
-                          fields, skip, "from the test" if skip else None))  # fmt: skip
+        e164 = None if skip == "invalid-number" else e164
+        detail = "from the test" if skip else None
+        leads.append(Lead(i + 2, fields["phone"], e164, fields, skip, detail))
     return leads
 
 
@@ -56,8 +57,10 @@ def every_outcome_run(store, sim, harness):
     sim._plan = lambda to, nth: plans.get(to, CallPlan("completed"))
     run_id = new_run(store, every_outcome_leads(), concurrency=1)
     h = harness(run_id)
-    while not store.read("SELECT 1 FROM jobs WHERE run_id=? AND e164=? AND twilio_status="
-                         "'ringing'", (run_id, "+12125550104")):  # fmt: skip
+    while not store.read(
+        "SELECT 1 FROM jobs WHERE run_id=? AND e164=? AND twilio_status='ringing'",
+        (run_id, "+12125550104"),
+    ):
         h.tick()
         h.clock.advance(1.0)
     store.request_stop(run_id, cancel=True, driver_alive=True, now=h.clock.now)
@@ -71,9 +74,17 @@ def test_report_has_one_row_per_lead_in_input_order_with_every_outcome(store, ev
     assert [r["name"] for r in rows] == [name for name, _, _ in EVERY_OUTCOME]
     assert list(rows[0]) == ["name", "phone", "lead_outcome", *report.REPORT_COLUMNS]
     assert [r["outcome"] for r in rows] == [
-        "answered", "busy", "no-answer", "failed", "rejected", "skipped:invalid-number",
-        "skipped:duplicate", "canceled", "queued", "queued",
-    ]  # fmt: skip
+        "answered",
+        "busy",
+        "no-answer",
+        "failed",
+        "rejected",
+        "skipped:invalid-number",
+        "skipped:duplicate",
+        "canceled",
+        "queued",
+        "queued",
+    ]
     assert [r["attempts"] for r in rows] == [1, 1, 1, 1, 1, 0, 0, 1, 0, 0]
     assert {r["lead_outcome"] for r in rows} == {"prior"}
     ada, bob, _, _, ed, fay, gus, dana, hal, _ = rows
@@ -125,6 +136,8 @@ def test_report_streams_in_pages(store, monkeypatch):
     [
         ("queued", {"attempts": 1, "next_at": T0 + 60}, "waiting_retry"),
         ("queued", {"attempts": 0, "next_at": T0 + 60}, "waiting_hours"),
+        ("queued", {"attempts": 1, "next_at": T0 + 60, "wait": "hours"}, "waiting_hours"),
+        ("queued", {"attempts": 0, "next_at": T0 + 60, "wait": "throttle"}, "waiting_retry"),
         ("queued", {"attempts": 1, "next_at": T0 - 60}, "queued"),
         ("dialing", {}, "dialing"),
         ("calling", {}, "calling"),
@@ -141,17 +154,34 @@ def test_lead_outcome_of_every_state(state, extra, expected):
 # -- statistics ----------------------------------------------------------------------------------
 
 
-def add_call(store: Store, run_id: int, job_id: int, claimed: float, ended: float | None,
-             status: str | None, duration: int | None = None) -> None:  # fmt: skip
+def add_call(
+    store: Store,
+    run_id: int,
+    job_id: int,
+    claimed: float,
+    ended: float | None,
+    status: str | None,
+    duration: int | None = None,
+) -> None:
     sid = None if status is None else f"CA{claimed:.0f}"
     with store.transaction() as conn:
         conn.execute(
             "INSERT INTO calls (token, job_id, run_id, to_number, from_number, claimed_at, "
             "result, call_sid, twilio_status, ended_at, duration_s) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (f"t{claimed}", job_id, run_id, "+12125550100", "+15005550006", T0 + claimed,
-             "created" if sid else "rejected", sid, status,
-             None if ended is None else T0 + ended, duration),
-        )  # fmt: skip
+            (
+                f"t{claimed}",
+                job_id,
+                run_id,
+                "+12125550100",
+                "+15005550006",
+                T0 + claimed,
+                "created" if sid else "rejected",
+                sid,
+                status,
+                None if ended is None else T0 + ended,
+                duration,
+            ),
+        )
 
 
 def test_stats_match_a_hand_computed_example(store):
@@ -159,17 +189,21 @@ def test_stats_match_a_hand_computed_example(store):
     store.take_over(run_id, "me", 1, "h", T0)  # started at T0
     store.set_status(run_id, RunStatus.COMPLETED, T0 + 3600)  # one hour long
     jobs = [r[0] for r in store.read("SELECT id FROM jobs WHERE run_id=?", (run_id,))]
-    for job, (claimed, ended, status, talk) in zip(jobs, [
-        (0, 100, "completed", 60),
-        (100, 400, "completed", 240),
-        (200, 300, "completed", 30),
-        (400, 420, "busy", None),
-        (500, 530, "no-answer", None),
-        (600, 601, "failed", None),
-        (700, 760, "canceled", None),
-        (800, 800, None, None),  # rejected: no SID, so not placed; held its slot 0 s
-        (900, None, "in-progress", None),  # still live: not placed, not ended
-    ], strict=True):  # fmt: skip
+    for job, (claimed, ended, status, talk) in zip(
+        jobs,
+        [
+            (0, 100, "completed", 60),
+            (100, 400, "completed", 240),
+            (200, 300, "completed", 30),
+            (400, 420, "busy", None),
+            (500, 530, "no-answer", None),
+            (600, 601, "failed", None),
+            (700, 760, "canceled", None),
+            (800, 800, None, None),  # rejected: no SID, so not placed; held its slot 0 s
+            (900, None, "in-progress", None),  # still live: not placed, not ended
+        ],
+        strict=True,
+    ):
         add_call(store, run_id, job, claimed, ended, status, talk)
     assert report.stats(store, run_id, T0 + 9999) == {
         "calls_placed": 7,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -160,3 +162,49 @@ def dnc_import(
     numbers = read_numbers(file, settings_for(config).leads.default_region)
     added = open_store(db).dnc_add(sorted(numbers), str(file), time.time())
     err.print(f"{added} of {len(numbers)} numbers from {file} added to the do-not-call list")
+
+
+@app.command()
+@guarded
+def doctor(
+    source: Annotated[str | None, typer.Argument(help="CSV file or database URL to check.")] = None,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="Check this campaign of the config file.")
+    ] = None,
+    query: Annotated[str | None, typer.Option("--query", help="SQL selecting the leads.")] = None,
+    table: Annotated[str | None, typer.Option("--table", help="A table of leads.")] = None,
+    phone_column: Annotated[
+        str | None, typer.Option("--phone-column", help="Column holding the number.")
+    ] = None,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Check for a simulated run (no Twilio account).")
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check config, database, lead source and Twilio before a run; exit 1 if anything fails.
+
+    Example: dialer doctor --campaign nightly
+    """
+    from dialer_cli import doctor as checks_
+
+    checks = checks_.diagnose(
+        config_path=config,
+        env=os.environ,
+        db_path=db or default_db_path(),
+        campaign=campaign,
+        source=source,
+        query=query,
+        table=table,
+        simulate=simulate,
+        overrides={"leads.phone_column": phone_column},
+    )
+    ok = all(c.ok for c in checks)
+    if as_json:
+        print(json.dumps({"ok": ok, "checks": [dataclasses.asdict(c) for c in checks]}))
+    else:
+        for c in checks:
+            print(f"{'ok' if c.ok else 'FAIL':<4} {c.name:<8} {c.detail}")
+    if not ok:
+        raise typer.Exit(1)

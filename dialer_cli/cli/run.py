@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dialer_cli import render, report, runner
+from dialer_cli import lease, render, report, runner
 from dialer_cli.cli.common import (
     ConcurrencyOption,
     ConfigOption,
@@ -25,34 +27,72 @@ from dialer_cli.cli.common import (
     err,
     guarded,
     open_store,
+    out,
     settings_for,
 )
-from dialer_cli.config import Settings, default_db_path
+from dialer_cli.config import Settings, default_db_path, load_settings
 from dialer_cli.errors import EXIT_STOPPED, DialerError, InputError
 from dialer_cli.models import RunStatus
 from dialer_cli.store import Store
 
 
-def choose_view(store: Store, run_id: int, as_json: bool, quiet: bool) -> Any:
-    if as_json:
-        return render.JsonView(sys.stdout)
-    if err.is_terminal and not quiet:
-        return render.LiveView(err, lambda: report.live_data(store, run_id, time.time()))
-    return render.LineView(sys.stderr, quiet=quiet)
+@dataclass
+class Output:
+    """How a driving command reports: JSON, live, or plain lines (plus an optional log file)."""
+
+    as_json: bool = False
+    quiet: bool = False
+    log_file: Path | None = None
+
+    def view(self, store: Store, run_id: int) -> Any:
+        log = self.log_file.open("a", encoding="utf-8") if self.log_file else None
+        if self.as_json:
+            view: Any = render.JsonView(sys.stdout)
+        elif err.is_terminal and out.is_terminal and not self.quiet:
+            view = render.LiveView(err, lambda: report.live_data(store, run_id, time.time()))
+        else:
+            return render.LineView(sys.stderr, quiet=self.quiet, log=log)
+        return Tee(view, render.LineView(sys.stderr, quiet=True, log=log)) if log else view
+
+    def log(self, line: str) -> None:
+        if self.log_file:
+            with self.log_file.open("a", encoding="utf-8") as log:
+                log.write(f"{render.stamp(time.time())} {line}\n")
+
+    def message(self, text: str) -> None:
+        if not self.quiet and not self.as_json:
+            err.print(text)
+
+
+class Tee:
+    """Show events in one view and log them in another (a terminal and --log-file)."""
+
+    def __init__(self, shown: Any, logged: Any):
+        self.shown, self.logged = shown, logged
+
+    def on_event(self, event: Any) -> None:
+        self.logged.on_event(event)
+        self.shown.on_event(event)
+
+    def sleep(self, seconds: float) -> None:
+        self.shown.sleep(seconds)
+
+    def close(self) -> None:
+        self.shown.close()
 
 
 def drive_and_report(
     store: Store,
     run_id: int,
     target: runner.Target,
+    output: Output,
     *,
-    as_json: bool,
-    quiet: bool,
     concurrency: int | None = None,
     no_wait: bool = False,
+    deadline: float | None = None,
 ) -> None:
     """Run the loop with the right view, then print the summary and exit with the right code."""
-    view = choose_view(store, run_id, as_json, quiet)
+    view = output.view(store, run_id)
     started = time.time()
 
     def notice() -> None:
@@ -70,17 +110,22 @@ def drive_and_report(
                 sleep=view.sleep,
                 concurrency=concurrency,
                 no_wait=no_wait,
+                deadline=deadline,
             )
+    except DialerError as exc:
+        output.log(f"error: {exc}")
+        raise
     finally:
         view.close()
     snap = runner.snapshot(store, run_id, time.time())
-    if as_json:
+    summary = render.summary_line(snap, time.time() - started)
+    output.log(summary)
+    if output.as_json:
         print(json.dumps({"event": "status", **snap}, ensure_ascii=False))
     else:
-        print(render.summary_line(snap, time.time() - started), flush=True)
+        print(summary, flush=True)
     if status == RunStatus.STOPPED:
-        if not as_json:
-            err.print(f"run {run_id} stopped; continue it with `dialer resume {run_id}`")
+        output.message(f"run {run_id} stopped; continue it with `dialer resume {run_id}`")
         raise typer.Exit(EXIT_STOPPED)
 
 
@@ -96,13 +141,36 @@ def confirm(count: int, target: runner.Target, yes: bool) -> None:
         raise DialerError("not confirmed; nothing was dialled")
 
 
+UntilOption = Annotated[
+    str | None,
+    typer.Option("--until", help="Local time HH:MM: dial nothing new after it, then exit 3."),
+]
+MaxDurationOption = Annotated[
+    str | None,
+    typer.Option("--max-duration", help="90s, 45m, 2h: dial nothing new after it, then exit 3."),
+]
+LogFileOption = Annotated[
+    Path | None, typer.Option("--log-file", help="Append one timestamped line per event.")
+]
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 
 @app.command()
 @guarded
 def start(
-    source: Annotated[Path, typer.Argument(help="CSV file of leads (header row required).")],
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="CSV file, or a database URL with --query/--table.", show_default=False
+        ),
+    ] = None,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="A campaign named in the configuration.")
+    ] = None,
+    query: Annotated[str | None, typer.Option("--query", help="SQL selecting the leads.")] = None,
+    table: Annotated[str | None, typer.Option("--table", help="A table of leads.")] = None,
     concurrency: ConcurrencyOption = None,
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Dial the built-in Twilio simulator, not Twilio.")
@@ -120,6 +188,9 @@ def start(
         bool, typer.Option("--dry-run", help="Check config and leads; write and dial nothing.")
     ] = False,
     no_wait: NoWaitOption = False,
+    until: UntilOption = None,
+    max_duration: MaxDurationOption = None,
+    log_file: LogFileOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     db: DbOption = None,
@@ -129,42 +200,79 @@ def start(
 
     Example: dialer start leads.sample.csv --simulate
     """
-    from dialer_cli.leads import read_csv
+    from dialer_cli.sources import open_source
 
-    settings = settings_for(
-        config, **{"dialing.concurrency": concurrency, "leads.phone_column": phone_column}
-    )
-    lead_source = read_csv(
+    deadline = runner.deadline(until, max_duration, time.time())
+    flags = {"dialing.concurrency": concurrency, "leads.phone_column": phone_column}
+    settings = load_settings(config, os.environ, flags, campaign=campaign)
+    if campaign is not None:
+        chosen = settings.campaigns[campaign]
+        source = source or chosen.source
+        if query is None and table is None:
+            query, table = chosen.query, chosen.table
+    if source is None:
+        raise InputError("start needs a SOURCE (a CSV file or a database URL) or --campaign NAME")
+    lead_source = open_source(
         source,
+        query=query,
+        table=table,
         phone_column=settings.leads.phone_column,
         default_region=settings.leads.default_region,
     )
     if dry_run:
         show_dry_run(lead_source, settings, db, simulate, as_json)
         return
+    output = Output(as_json, quiet, log_file)
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
-        if not settings.dialing.calling_hours and not target.simulated and not quiet:
-            err.print(
+        if not settings.dialing.calling_hours and not target.simulated:
+            output.message(
                 "warning: no dialing.calling_hours set: calls may go out at any hour "
                 "(US law allows 8am-9pm in the callee's local time)"
             )
         runner.check_templates(settings, lead_source.columns)
-        with new_database_or_none(db) as store:
-            runner.check_source(store, lead_source, target, new)
-            run_id = runner.import_run(store, lead_source, settings, target, time.time())
-        snap = runner.snapshot(store, run_id, time.time())
-        if not as_json:
-            print(f"run {run_id}", flush=True)
-            err.print(
-                f"imported {snap['total_leads']} leads from {source} "
-                f"({snap['skipped']} skipped); dialing through {snap['target']}"
-            )
-        try:
-            confirm(snap["total_leads"], target, yes)
-        except DialerError:
-            store.delete_run(run_id)
-            raise
-        drive_and_report(store, run_id, target, as_json=as_json, quiet=quiet, no_wait=no_wait)
+        with campaign_lock(db, campaign):
+            with new_database_or_none(db) as store:
+                run_id = runner.existing_campaign_run(store, campaign, target, new)
+                resuming = run_id is not None
+                if run_id is None and campaign is None:
+                    runner.check_source(store, lead_source, target, new)
+                if run_id is None:
+                    now = time.time()
+                    run_id = runner.import_run(store, lead_source, settings, target, now, campaign)
+            if resuming:
+                output.message(f"campaign {campaign}: resuming its unfinished run {run_id}")
+                output.log(f"campaign {campaign}: resuming its unfinished run {run_id}")
+            else:
+                announce(store, run_id, output, target, yes)
+            drive_and_report(store, run_id, target, output, no_wait=no_wait, deadline=deadline)
+
+
+def announce(store: Store, run_id: int, output: Output, target: runner.Target, yes: bool) -> None:
+    """Name the new run first, then ask before dialling real people (declined: no run)."""
+    snap = runner.snapshot(store, run_id, time.time())
+    if not output.as_json and not output.quiet:
+        print(f"run {run_id}", flush=True)
+    output.message(
+        f"imported {snap['total_leads']} leads from {snap['source']} "
+        f"({snap['skipped']} skipped); dialing through {snap['target']}"
+    )
+    try:
+        confirm(snap["total_leads"], target, yes)
+    except DialerError:
+        store.delete_run(run_id)
+        raise
+
+
+@contextmanager
+def campaign_lock(db: Path | None, campaign: str | None) -> Iterator[None]:
+    """One invocation of a campaign at a time: a second cron start exits 4 at once."""
+    if campaign is None:
+        yield
+        return
+    path = Path(db or default_db_path())
+    with lease.NamedLock(str(path), f"campaign-{campaign}") as lock:
+        lock.acquire(f"campaign {campaign} is already being dialled by another process")
+        yield
 
 
 @contextmanager
@@ -226,6 +334,9 @@ def resume(
     concurrency: ConcurrencyOption = None,
     sim_speed: Annotated[float, typer.Option("--sim-speed", min=0.1)] = 20.0,
     no_wait: NoWaitOption = False,
+    until: UntilOption = None,
+    max_duration: MaxDurationOption = None,
+    log_file: LogFileOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     db: DbOption = None,
@@ -235,20 +346,22 @@ def resume(
 
     Example: dialer resume 7
     """
+    deadline = runner.deadline(until, max_duration, time.time())
     store = open_store(db)
     run_ = store.get_run(run_id)
     if run_.status == RunStatus.COMPLETED:
         raise InputError(f"run {run_id} is already completed; nothing to resume")
     settings = settings_for(config)
+    output = Output(as_json, quiet, log_file)
     with run_target(run_, settings, sim_speed) as target:
         drive_and_report(
             store,
             run_id,
             target,
-            as_json=as_json,
-            quiet=quiet,
+            output,
             concurrency=concurrency,
             no_wait=no_wait,
+            deadline=deadline,
         )
 
 
