@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))  # runnable as `python bench/soak.py` from the repo root
-    from tests.test_crash import Stalled, make_campaign, random_kills, simulator
+    from tests.test_crash import Stalled, judge, make_campaign, random_kills, simulator
 
     rng = random.Random(args.seed)
     began = time.monotonic()
@@ -62,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
                 kills += made
                 campaign += 1
                 continue
-            from tests.test_crash import judge
-
             verdict = judge(sim, c.status(), c.numbers, c.concurrency)
         kills += made
         leads += verdict.leads
@@ -83,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         + (f", {len(failures)} FAILURES (work dir {work})" if failures else "")
     )
     if not failures and not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dialer_cli import report
+from dialer_cli.errors import InputError
 from dialer_cli.models import Lead, RunStatus
 from dialer_cli.simulator import CallPlan
 from dialer_cli.store import Store
@@ -123,6 +124,11 @@ def test_json_report_is_one_streamed_array_with_the_same_keys(store, every_outco
     assert json.loads(empty.getvalue()) == []
 
 
+def test_an_unknown_run_fails_before_any_row_is_written(store):
+    with pytest.raises(InputError, match="no run 9"):
+        report.report_rows(store, 9)
+
+
 def test_report_streams_in_pages(store, monkeypatch):
     monkeypatch.setattr(report, "PAGE", 3)
     run_id = new_run(store, make_leads(10))
@@ -205,6 +211,7 @@ def test_stats_match_a_hand_computed_example(store):
         strict=True,
     ):
         add_call(store, run_id, job, claimed, ended, status, talk)
+    assert report.status_object(store, run_id, T0)["stats"] == report.stats(store, run_id, T0)
     assert report.stats(store, run_id, T0 + 9999) == {
         "calls_placed": 7,
         "answer_rate": round(3 / 7, 4),
