@@ -53,17 +53,16 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.monotonic() - began
                 print(f"[{elapsed:7.1f}s] run {campaign}: {line}", flush=True)
 
+            stalled = None
             try:
                 made = random_kills(c, rng, args.kills - kills, max_step=max_step, say=say)
                 c.finish(timeout=600)
             except Stalled as stall:
-                made = len(c.kills)
-                failures.append(f"run {campaign} stalled: {stall.known or stall}")
-                print(f"run {campaign}: STALLED after {made} kills: {stall.known or stall}")
-                kills += made
-                campaign += 1
-                continue
+                made, stalled = len(c.kills), stall.known or str(stall).splitlines()[0]
+                say(f"STALLED: {stalled}")
             verdict = judge(sim, c.status(), c.numbers, c.concurrency)
+        if stalled:
+            failures.append(f"run {campaign} stalled: {stalled}")
         kills += made
         leads += verdict.leads
         calls += verdict.calls

@@ -314,25 +314,25 @@ class Dialer:
     # -- endings ------------------------------------------------------------------------------
 
     def _finish_if_done(self, status: str, now: float, tick: Tick) -> None:
-        counts = self.store.counts(self.run_id)
-        if counts["in_progress"]:
+        in_flight, queued = self.store.pending(self.run_id)
+        if in_flight:
             return
-        due = self.store.next_due(self.run_id)
-        waiting = counts["queued"] and due is not None and due > now
+        due = self.store.next_due(self.run_id) if queued else None
+        waiting = due is not None and due > now
         if status == RunStatus.STOPPING or self.draining or (waiting and self.no_wait):
             final = RunStatus.STOPPED
-        elif counts["queued"] == 0:
+        elif not queued:
             final = RunStatus.COMPLETED
         else:
             if waiting and due is not None:
                 tick.next_wake = min(tick.next_wake, due)
                 if due != self._announced_wait:
                     self._announced_wait = due
-                    data = {"next_at": due, "queued": counts["queued"]}
-                    tick.events.append(Event("waiting", now, self.run_id, data))
+                    tick.events.append(Event("waiting", now, self.run_id, {"next_at": due}))
             return
         self.store.set_status(self.run_id, final, now, owner_id=self.owner_id)
         tick.done, tick.status = True, final
+        counts = self.store.counts(self.run_id)
         tick.events.append(Event("run-finished", now, self.run_id, {"status": final, **counts}))
 
     def _fail_run(self, message: str, now: float) -> None:

@@ -428,6 +428,8 @@ def call_item(row: dict[str, Any]) -> dict[str, Any]:
 def stop(store: Store, run_id: int, *, cancel: bool, now: float) -> Run:
     run_ = store.get_run(run_id)
     if run_.status not in (RunStatus.RUNNING, RunStatus.STOPPING):
+        if cancel and store.pending(run_id)[0]:
+            return run_  # not driven, but calls are still live: the caller ends them
         raise InputError(f"run {run_id} is {run_.status}, not running; nothing to stop")
     return store.request_stop(
         run_id, cancel=cancel, driver_alive=lease.driver_alive(run_, now), now=now

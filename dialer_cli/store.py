@@ -74,6 +74,7 @@ CREATE TABLE jobs (
   updated_at REAL
 );
 CREATE INDEX jobs_run_state ON jobs(run_id, state, outcome);
+CREATE INDEX jobs_queue ON jobs(run_id, id) WHERE state = 'queued';
 CREATE UNIQUE INDEX jobs_live_number ON jobs(e164) WHERE state IN {LIVE};
 CREATE TABLE calls (
   id INTEGER PRIMARY KEY,
@@ -705,6 +706,15 @@ class Store:
             "total_leads": sum(by_state.values()) - skipped,
             "outcomes": outcomes,
         }
+
+    def pending(self, run_id: int) -> tuple[int, bool]:
+        """Calls in flight and whether any lead is queued: the loop's cheap "are we done?"."""
+        row = self.read(
+            f"SELECT (SELECT count(*) FROM jobs WHERE run_id=? AND state IN {LIVE}), "
+            f"EXISTS (SELECT 1 FROM jobs WHERE run_id=? AND state='queued')",
+            (run_id, run_id),
+        )[0]
+        return int(row[0]), bool(row[1])
 
     def skip_reasons(self, run_id: int) -> dict[str, int]:
         rows = self.read(

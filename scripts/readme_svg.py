@@ -74,7 +74,8 @@ def campaign(db: Path, clock: Clock, sim: Simulator, *, count: int, concurrency:
         params_for=lambda claim: params, pick_from=lambda to: FROM, clock=clock,
     )  # fmt: skip
     while True:
-        dialer.tick()
+        if (tick := dialer.tick()).done:
+            raise SystemExit(f"run {run_id} ended ({tick.status}) before the picture was taken")
         counts = store.counts(run_id)
         done = counts["completed"] + counts["failed"]
         if done >= 0.4 * count and counts["in_progress"] == concurrency:

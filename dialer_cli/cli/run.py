@@ -390,7 +390,8 @@ def stop(
     """
     store = open_store(db)
     run_ = runner.stop(store, run_id, cancel=cancel_active, now=time.time())
-    if cancel_active and run_.status == RunStatus.STOPPED and store.counts(run_id)["in_progress"]:
+    driven = run_.status in (RunStatus.RUNNING, RunStatus.STOPPING)
+    if cancel_active and not driven and store.pending(run_id)[0]:
         # Nobody drives the run: end its calls ourselves, through the run's own account.
         with run_target(run_, settings_for(config), 20.0) as target:
             runner.drive(
