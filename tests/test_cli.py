@@ -295,3 +295,48 @@ def test_sigterm_drains_and_exits_3(tmp_path, live_sim):
     assert proc.wait(30) == 3
     status = json.loads(dialer("status", "1", "--json", "--db", db).communicate()[0])
     assert status["status"] == "stopped" and status["in_progress"] == 0
+
+
+def test_stop_cancel_active_ends_the_calls_of_a_killed_driver(tmp_path):
+    plan = lambda to, nth: CallPlan("completed", queue_s=0.05, ring_s=0.1, talk_s=60)  # noqa: E731
+    with Simulator(plan=plan) as sim:
+        cfg = write_config(tmp_path / "c.yaml", sim, concurrency=3, poll_interval=0.02)
+        db = tmp_path / "d.db"
+        proc = dialer("start", leads_csv(tmp_path / "l.csv", 10), "--config", cfg, "--db", db)
+        wait_for(lambda: len(sim.calls()) >= 3, what="three live calls")
+        wait_for(
+            lambda: (
+                b"calling"
+                in subprocess.run(
+                    [sys.executable, "-m", "dialer_cli", "status", "1", "--json", "--db", str(db)],
+                    capture_output=True,
+                ).stdout
+                and json.loads(
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            "-m",
+                            "dialer_cli",
+                            "status",
+                            "1",
+                            "--json",
+                            "--db",
+                            str(db),
+                        ],
+                        capture_output=True,
+                    ).stdout
+                )["calling"]
+                == 3
+            ),
+            what="SIDs saved",
+        )
+        proc.kill()
+        proc.wait()
+        stopper = dialer("stop", "1", "--cancel-active", "--config", cfg, "--db", db)
+        assert stopper.wait(30) == 0, stopper.stderr.read()
+        ends = [r for r in sim.requests() if r.method == "POST" and "/Calls/" in r.path]
+        assert len(ends) == 3
+        assert all(c.ended_at(sim.speed) < c.created_at + 30 for c in sim.calls())
+        status = json.loads(dialer("status", "1", "--json", "--db", db).communicate()[0])
+        assert status["status"] == "stopped" and status["in_progress"] == 0
+        assert status["queued"] == 7 and len(sim.calls()) == 3
