@@ -234,6 +234,16 @@ def dialer(*args: object, **kwargs) -> subprocess.Popen:
     )
 
 
+def status_of(db: Path) -> dict:
+    """`dialer status --json` from another process, as an operator would run it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dialer_cli", "status", "1", "--json", "--db", str(db)],
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(done.stdout)
+
+
 @pytest.fixture
 def live_sim():
     plan = lambda to, nth: CallPlan("completed", queue_s=0.05, ring_s=0.1, talk_s=0.4)  # noqa: E731
@@ -304,32 +314,7 @@ def test_stop_cancel_active_ends_the_calls_of_a_killed_driver(tmp_path):
         db = tmp_path / "d.db"
         proc = dialer("start", leads_csv(tmp_path / "l.csv", 10), "--config", cfg, "--db", db)
         wait_for(lambda: len(sim.calls()) >= 3, what="three live calls")
-        wait_for(
-            lambda: (
-                b"calling"
-                in subprocess.run(
-                    [sys.executable, "-m", "dialer_cli", "status", "1", "--json", "--db", str(db)],
-                    capture_output=True,
-                ).stdout
-                and json.loads(
-                    subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "dialer_cli",
-                            "status",
-                            "1",
-                            "--json",
-                            "--db",
-                            str(db),
-                        ],
-                        capture_output=True,
-                    ).stdout
-                )["calling"]
-                == 3
-            ),
-            what="SIDs saved",
-        )
+        wait_for(lambda: status_of(db)["calling"] == 3, what="SIDs saved")
         proc.kill()
         proc.wait()
         stopper = dialer("stop", "1", "--cancel-active", "--config", cfg, "--db", db)
@@ -337,6 +322,6 @@ def test_stop_cancel_active_ends_the_calls_of_a_killed_driver(tmp_path):
         ends = [r for r in sim.requests() if r.method == "POST" and "/Calls/" in r.path]
         assert len(ends) == 3
         assert all(c.ended_at(sim.speed) < c.created_at + 30 for c in sim.calls())
-        status = json.loads(dialer("status", "1", "--json", "--db", db).communicate()[0])
+        status = status_of(db)
         assert status["status"] == "stopped" and status["in_progress"] == 0
         assert status["queued"] == 7 and len(sim.calls()) == 3
