@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -241,7 +243,7 @@ def status_of(db: Path) -> dict:
         capture_output=True,
         text=True,
     )
-    return json.loads(done.stdout)
+    return json.loads(done.stdout) if done.returncode == 0 else {}
 
 
 @pytest.fixture
@@ -314,7 +316,7 @@ def test_stop_cancel_active_ends_the_calls_of_a_killed_driver(tmp_path):
         db = tmp_path / "d.db"
         proc = dialer("start", leads_csv(tmp_path / "l.csv", 10), "--config", cfg, "--db", db)
         wait_for(lambda: len(sim.calls()) >= 3, what="three live calls")
-        wait_for(lambda: status_of(db)["calling"] == 3, what="SIDs saved")
+        wait_for(lambda: status_of(db).get("calling") == 3, what="SIDs saved")
         proc.kill()
         proc.wait()
         stopper = dialer("stop", "1", "--cancel-active", "--config", cfg, "--db", db)
@@ -325,3 +327,76 @@ def test_stop_cancel_active_ends_the_calls_of_a_killed_driver(tmp_path):
         status = status_of(db)
         assert status["status"] == "stopped" and status["in_progress"] == 0
         assert status["queued"] == 7 and len(sim.calls()) == 3
+
+
+def test_a_second_ctrl_c_exits_130_and_leaves_the_run_resumable(tmp_path):
+    plan = lambda to, nth: CallPlan("completed", queue_s=0.05, ring_s=0.1, talk_s=60)  # noqa: E731
+    with Simulator(plan=plan) as sim:
+        cfg = write_config(tmp_path / "c.yaml", sim, concurrency=2, poll_interval=0.02)
+        db = tmp_path / "d.db"
+        proc = dialer("start", leads_csv(tmp_path / "l.csv", 5), "--config", cfg, "--db", db)
+        wait_for(lambda: status_of(db).get("calling") == 2, what="two live calls")
+        proc.send_signal(signal.SIGINT)
+        while (line := proc.stderr.readline()) and "stopping" not in line:
+            pass  # the first Ctrl-C is acknowledged on stderr before the second is sent
+        assert "Ctrl-C again" in line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130
+        status = status_of(db)
+        assert status["status"] == "stopped" and status["queued"] == 3
+        assert len(sim.calls()) == 2
+
+
+def test_confirmation_on_a_terminal_declined_dials_nobody(tmp_path, live_sim):
+    cfg = write_config(tmp_path / "c.yaml", live_sim)
+    db = tmp_path / "d.db"
+    csv = leads_csv(tmp_path / "l.csv", 3)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "dialer_cli",
+                "start",
+                str(csv),
+                "--config",
+                str(cfg),
+                "--db",
+                str(db),
+            ],
+        )
+    screen = b""
+    deadline = time.monotonic() + 20
+    while b"[y/N]" not in screen and time.monotonic() < deadline:
+        screen += os.read(fd, 4096)
+    assert b"Dial 3 leads from +15005550006 through account AC0000" in screen
+    os.write(fd, b"n\n")
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 1
+    assert b"nothing was dialled" in screen
+    assert not live_sim.creates()
+    assert json.loads(invoke("runs", "--json", "--db", db).stdout) == []
+
+
+def test_resume_refuses_another_accounts_credentials(tmp_path, live_sim, monkeypatch):
+    cfg = write_config(tmp_path / "c.yaml", live_sim, poll_interval=0.02)
+    db = tmp_path / "d.db"
+    live_sim.faults.p_429 = 1.0
+    seen = len(live_sim.requests())
+    proc = dialer("start", leads_csv(tmp_path / "l.csv", 2), "--config", cfg, "--db", db)
+    wait_for(lambda: len(live_sim.requests()) > seen, what="a refused create")
+    proc.terminate()
+    assert proc.wait(30) == 3
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "1" * 32)
+    result = invoke("resume", "1", "--config", cfg, "--db", db)
+    assert result.exit_code == 2 and "dials through account" in result.stderr
