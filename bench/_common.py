@@ -49,6 +49,23 @@ BAD_EXCHANGES = {"555", "950", "958", "959", "976"}
 # -- the machine and the figures -----------------------------------------------------------------
 
 
+def code_version() -> str:
+    """The commit measured, and whether the work tree differed from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dialer_cli"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "code: unknown"
+    return f"code: {head or 'unknown'}{' + uncommitted changes in dialer_cli/' if dirty else ''}"
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -67,6 +84,7 @@ def machine() -> str:
 def header(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
     print(machine(), flush=True)
+    print(code_version(), flush=True)
 
 
 def verdict(name: str, value: str, target: str, ok: bool | None) -> None:
@@ -187,6 +205,7 @@ class Ledger:
 
     calls: list[tuple[float, float]]
     requests: list[tuple[str, float]]
+    cpu: float  # CPU seconds the simulator process used
 
     def count(self, kind: str) -> int:
         return sum(1 for k, _ in self.requests if k == kind)
@@ -210,7 +229,7 @@ def _serve(conn: Any, speed: float, plan: Callable[[str, int], Any] | None, seed
             if command == "ledger":
                 calls = [(c.created_at, c.ended_at(speed)) for c in sim.calls()]
                 requests = [(_kind(r.method, r.path), r.at) for r in sim.requests()]
-                conn.send(Ledger(calls, requests))
+                conn.send(Ledger(calls, requests, time.process_time()))
             elif command == "count":
                 conn.send((len(sim.calls()), len(sim.requests())))
             else:
@@ -272,11 +291,14 @@ def campaign(
     every: float | None = None,
     sample: Callable[[float], None] | None = None,
     deadline: float | None = None,
+    on_event: Callable[[Any], None] = lambda event: None,
+    loop: Loop | None = None,
 ) -> Loop:
     """Import n_leads into a fresh store at `db`, then runner.drive them through the simulator
     over HTTP with the real TwilioCalls adapter, exactly as `dialer start --simulate` would
     (dialing.poll_interval is in simulated seconds, divided by the speed). `sample(elapsed)` is
-    called about every `every` seconds from the loop's sleep."""
+    called about every `every` seconds from the loop's sleep; with `deadline` (seconds) the run
+    dials nothing new after it and ends when the calls in flight have."""
     from dialer_cli import runner
     from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
     from dialer_cli.store import Store
@@ -294,10 +316,15 @@ def campaign(
         now=time.time(),
     )
     target = runner.Target(
-        DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, sim.url, 10.0, runner.SIM_FROM_NUMBER,
-        simulated=True, speed=sim.speed,
-    )  # fmt: skip
-    loop = Loop()
+        DEFAULT_ACCOUNT_SID,
+        DEFAULT_AUTH_TOKEN,
+        sim.url,
+        10.0,
+        runner.SIM_FROM_NUMBER,
+        simulated=True,
+        speed=sim.speed,
+    )
+    loop = loop or Loop()
     mark = [time.perf_counter()]
     began = mark[0]
     next_sample = [began + every] if every else [float("inf")]
@@ -314,9 +341,13 @@ def campaign(
 
     cpu0 = time.process_time()
     loop.status = runner.drive(
-        store, run_id, target, on_event=lambda e: None, sleep=sleep,
+        store,
+        run_id,
+        target,
+        on_event=on_event,
+        sleep=sleep,
         deadline=None if deadline is None else time.time() + deadline,
-    )  # fmt: skip
+    )
     loop.wall = time.perf_counter() - began
     loop.cpu = time.process_time() - cpu0
     store.close()

@@ -48,40 +48,47 @@ def stamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
+    "run-started": lambda e, who, d: f"run {e.run_id} started ({d.get('source', '')})",
+    "call-placed": lambda e, who, d: f"call placed to {who}: {d['sid']} (attempt {d['attempt']})",
+    "call-ended": lambda e, who, d: (
+        f"call ended to {who}: {d['outcome']}"
+        + (f", {d['duration']}s" if d.get("duration") else "")
+        + (f"; retry at {stamp(float(d['retry_at']))}" if d.get("retry_at") else "")
+    ),
+    "call-rejected": lambda e, who, d: f"call rejected by Twilio for {who}: {d['error']}",
+    "call-unknown": lambda e, who, d: (
+        f"no answer to the create for {who} ({d['error']}); checking with Twilio"
+    ),
+    "call-adopted": lambda e, who, d: f"found the call to {who} at Twilio: {d['sid']}",
+    "call-not-placed": lambda e, who, d: f"no call to {who} was placed; it goes back in the queue",
+    "call-needs-review": lambda e, who, d: (
+        f"several possible calls to {who}: needs review, never redialled"
+    ),
+    "create-retry": lambda e, who, d: (
+        f"Twilio asked us to slow down ({d['error']}); next create in {d['retry_in']:.1f}s"
+    ),
+    "poll-retry": lambda e, who, d: (
+        f"could not poll {who} ({d['error']}); retrying in {d['retry_in']}s"
+    ),
+    "cancel-retry": lambda e, who, d: f"could not end the call to {who} ({d['error']}); retrying",
+    "call-canceling": lambda e, who, d: f"ending call to {who}: {d['sid']}",
+    "waiting": lambda e, who, d: (
+        f"waiting: the next call will be placed at {stamp(float(d['next_at']))}"
+    ),
+    "deadline": lambda e, who, d: "deadline reached: no new calls; waiting for calls in flight",
+    "run-finished": lambda e, who, d: f"run {e.run_id} {d['status']}",
+}
+
+
 def describe(event: Event) -> str:
     """One human sentence per event, for logs read the next morning."""
     d = event.data
     who = f"{d.get('to', '')}" + (f" ({d['name']})" if d.get("name") else "")
-    kind = event.kind
-    if kind == "run-started":
-        return f"run {event.run_id} started ({d.get('source', '')})"
-    if kind == "call-placed":
-        return f"call placed to {who}: {d.get('sid')} (attempt {d.get('attempt')})"
-    if kind == "call-ended":
-        extra = f", {d['duration']}s" if d.get("duration") else ""
-        retry = f"; retry at {stamp(float(d['retry_at']))}" if d.get("retry_at") else ""  # type: ignore[arg-type]
-        return f"call ended to {who}: {d.get('outcome')}{extra}{retry}"
-    if kind == "call-rejected":
-        return f"call rejected by Twilio for {who}: {d.get('error')}"
-    if kind == "call-unknown":
-        return f"no answer to the create for {who} ({d.get('error')}); checking with Twilio"
-    if kind == "call-adopted":
-        return f"found the call to {who} at Twilio: {d.get('sid')}"
-    if kind == "call-not-placed":
-        return f"no call to {who} was placed; it goes back in the queue"
-    if kind == "call-needs-review":
-        return f"several possible calls to {who}: needs review, never redialled"
-    if kind == "create-retry":
-        return (
-            f"Twilio asked us to slow down ({d.get('error')}); next create in {d.get('retry_in')}s"
-        )
-    if kind == "poll-retry":
-        return f"could not poll {who} ({d.get('error')}); retrying in {d.get('retry_in')}s"
-    if kind == "call-canceling":
-        return f"ending call to {who}: {d.get('sid')}"
-    if kind == "run-finished":
-        return f"run {event.run_id} {d.get('status')}"
-    return f"{kind} {json.dumps(d, ensure_ascii=False, default=str)}"
+    sentence = _SENTENCES.get(event.kind)
+    if sentence is None:
+        return f"{event.kind} {json.dumps(d, ensure_ascii=False, default=str)}"
+    return sentence(event, who, d)
 
 
 class _PlainView:
@@ -234,7 +241,9 @@ def run_panel(view: dict[str, Any], mask: bool = False) -> RenderableType:
     if recent:
         rows = [(r["name"], number(r["to"]), r["outcome"], duration(r["talk_s"])) for r in recent]
         parts += ["", _table("last ended", rows, ("outcome", "talk"), len(rows), width)]
-    title = f"run {snap['run_id']} · {snap['status']} · {snap['campaign'] or snap['source']}"
+    title = (
+        f"run {snap['run_id']} · {snap['status']} · {cell(snap['campaign'] or snap['source'], 60)}"
+    )
     return Constrain(Panel(Group(*parts), title=title, title_align="left"), PANEL_WIDTH)
 
 
@@ -254,8 +263,7 @@ def _timing(view: dict[str, Any]) -> Text:
 
 
 def _progress(snap: dict[str, Any]) -> Table:
-    total = snap["total_leads"]
-    done = snap["completed"] + snap["failed"] + snap["needs_review"]
+    total, done = snap["total_leads"], _done(snap)
     grid = Table.grid(expand=True, padding=(0, 1))
     grid.add_column(ratio=1)
     grid.add_column(no_wrap=True, justify="right")
@@ -332,25 +340,36 @@ def answer_rate(snap: dict[str, Any]) -> float | None:
     return snap["outcomes"]["answered"] / placed if placed else None
 
 
-def runs_table(runs: list[dict[str, Any]]) -> Table:
-    table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-    table.add_column("run", justify="right", no_wrap=True)
-    table.add_column("campaign", overflow="ellipsis", no_wrap=True, max_width=30)
-    for column in ("created", "status", "progress"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("answer rate", justify="right", no_wrap=True)
-    for snap in runs:
-        done = snap["completed"] + snap["failed"] + snap["needs_review"]
-        total = snap["total_leads"]
-        table.add_row(
+def runs_table(runs: list[dict[str, Any]]) -> RenderableType:
+    """One line per run; the campaign (or source) gets the width the other columns leave."""
+    return _Fit(lambda width: _runs_table(runs, width))
+
+
+def _runs_table(runs: list[dict[str, Any]], width: int) -> Table:
+    header = ("run", "campaign", "created", "status", "progress", "answer rate")
+    rows = [header] + [
+        (
             str(snap["run_id"]),
-            cell(snap["campaign"] or snap["source"], 60),
+            snap["campaign"] or snap["source"],
             (snap["created_at"] or "")[:16].replace("T", " "),
             snap["status"],
-            f"{done}/{total} {_percent(done, total)}",
+            f"{_done(snap)}/{snap['total_leads']} {_percent(_done(snap), snap['total_leads'])}",
             _percent(answer_rate(snap)),
         )
+        for snap in runs
+    ]
+    others = sum(max(cell_len(row[i]) for row in rows) for i in (0, 2, 3, 4, 5))
+    name_width = max(width - others - 3 * len(header) + 1, 8)  # padding and separators
+    table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    for i, column in enumerate(header):
+        table.add_column(column, no_wrap=True, justify="right" if i in (0, 5) else "left")
+    for row in rows[1:]:
+        table.add_row(row[0], cell(row[1], name_width), *row[2:])
     return table
+
+
+def _done(snap: dict[str, Any]) -> int:
+    return int(snap["completed"] + snap["failed"] + snap["needs_review"])
 
 
 def calls_table(page: dict[str, Any], mask: bool = False) -> RenderableType:

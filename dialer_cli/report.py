@@ -161,14 +161,16 @@ def stats(store: Store, run_id: int, now: float) -> dict[str, Any]:
     the denominator); None before the first call is placed. Talk figures use duration_s of the
     answered (`completed`) calls. `calls_per_hour` and `utilisation` use the run's elapsed time,
     from its first start to its end (or `now` while unfinished); `utilisation` is the time
-    attempts held a slot (claim to end, over every ended attempt) / (N x elapsed), in [0, 1].
+    attempts held a slot (claim to end, over every ended attempt; Twilio's end times have
+    one-second resolution, so a sub-second attempt counts 0, never less) / (N x elapsed), in
+    [0, 1].
 
     Two aggregate queries over the index calls(run_id, twilio_status, duration_s, claimed_at,
     ended_at): one GROUP BY, one median seek.
     """
     rows = store.read(
         "SELECT twilio_status AS status, count(*) AS n, count(duration_s) AS timed, "
-        "total(duration_s) AS talk, total(ended_at - claimed_at) AS held "
+        "total(duration_s) AS talk, total(max(ended_at - claimed_at, 0)) AS held "
         "FROM calls WHERE run_id=? GROUP BY twilio_status",
         (run_id,),
     )
@@ -230,7 +232,8 @@ def _rows(store: Store, run_id: int, now: float) -> Iterator[dict[str, Any]]:
     after = 0
     while jobs := store.read(
         "SELECT id, fields, e164, state, outcome, skip_reason, attempts, next_at, wait, "
-        "call_sid, error_code, error_message FROM jobs WHERE run_id=? AND id>? ORDER BY id LIMIT ?",
+        "call_sid, error_code, error_message FROM jobs NOT INDEXED "  # walk the rowid, no sort
+        "WHERE run_id=? AND id>? ORDER BY id LIMIT ?",
         (run_id, after, PAGE),
     ):
         calls = _calls_by_job(store, jobs[0]["id"], jobs[-1]["id"])

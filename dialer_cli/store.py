@@ -75,6 +75,7 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_run_state ON jobs(run_id, state, outcome);
 CREATE INDEX jobs_queue ON jobs(run_id, id) WHERE state = 'queued';
+CREATE INDEX jobs_run_wait ON jobs(run_id, state, next_at, wait);
 CREATE UNIQUE INDEX jobs_live_number ON jobs(e164) WHERE state IN {LIVE};
 CREATE TABLE calls (
   id INTEGER PRIMARY KEY,
@@ -92,6 +93,7 @@ CREATE TABLE calls (
   error_code INTEGER, error_message TEXT
 );
 CREATE INDEX calls_run ON calls(run_id, id);
+CREATE INDEX calls_run_status ON calls(run_id, twilio_status, duration_s, claimed_at, ended_at);
 CREATE INDEX calls_job ON calls(job_id);
 CREATE INDEX calls_sid ON calls(call_sid);
 CREATE TABLE dnc (e164 TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT);

@@ -262,8 +262,10 @@ class Campaign:
         try:
             conn.row_factory = sqlite3.Row
             return [dict(r) for r in conn.execute(sql, params)]
-        except sqlite3.OperationalError:  # not created yet by a starting process
-            return []
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a starting process has not created it yet
+                return []
+            raise
         finally:
             conn.close()
 
@@ -521,7 +523,7 @@ def test_kill_right_after_the_claim_commit_lists_twice_then_dials_once(tmp_path,
     assert_promises_kept(c)
     lists = lists_for(rt_sim, orphan["to_number"], t)
     [create] = creates_to(rt_sim, orphan["to_number"])
-    assert len(lists) >= 2 and lists[1].at - lists[0].at >= GRACE * 0.75
+    assert len(lists) == 2 and lists[1].at - lists[0].at >= GRACE / 2  # (minus request jitter)
     assert create.at > lists[1].at
     results = [r["result"] for r in c.attempts() if r["to_number"] == orphan["to_number"]]
     assert results == ["none_found", "created"]

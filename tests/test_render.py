@@ -173,9 +173,11 @@ def test_runs_table_shows_progress_and_answer_rate(store, sim, harness):
     new_run(store, make_leads(2, start=300))  # not started: no rate yet
     snaps = [runner.snapshot(store, r.id, h.clock.now) for r in store.runs()]
     snaps[1]["stats"] = report.stats(store, 1, h.clock.now)
+    snaps[0]["source"] = "/a/very/long/path/to/the/leads/of/the/night/shift.csv"
     text = draw(render.runs_table(snaps))
+    assert "/a/very/" in text and "…" in text and max(map(cell_len, text.splitlines())) <= 80
     assert re.search(r"1 +test\.csv +2026-\d\d-\d\d \d\d:\d\d +completed +4/4 100% +100%", text)
-    assert re.search(r"2 +test\.csv .* stopped +0/2 0% *$", text, re.M)
+    assert re.search(r"2 +/a/very/.*… +2026-\S+ \S+ +stopped +0/2 0% *$", text, re.M)
 
 
 def test_calls_table_pages_and_masks(store, sim, harness):

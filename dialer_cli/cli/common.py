@@ -63,6 +63,9 @@ ConcurrencyOption = Annotated[
         "--concurrency", "-n", min=1, help="Calls in flight at most (dialing.concurrency)."
     ),
 ]
+MaskOption = Annotated[
+    bool, typer.Option("--mask", help="Show numbers as +1 212 •••-••67 (screens, screenshots).")
+]
 NoWaitOption = Annotated[
     bool,
     typer.Option("--no-wait", help="Exit 3 instead of waiting for retries or calling hours."),

@@ -21,6 +21,7 @@ from dialer_cli.cli.common import (
     DbOption,
     Interrupts,
     JsonOption,
+    MaskOption,
     NoWaitOption,
     QuietOption,
     app,
@@ -43,13 +44,16 @@ class Output:
     as_json: bool = False
     quiet: bool = False
     log_file: Path | None = None
+    mask: bool = False
 
     def view(self, store: Store, run_id: int) -> Any:
         log = self.log_file.open("a", encoding="utf-8") if self.log_file else None
         if self.as_json:
             view: Any = render.JsonView(sys.stdout)
         elif err.is_terminal and out.is_terminal and not self.quiet:
-            view = render.LiveView(err, lambda: report.live_data(store, run_id, time.time()))
+            view = render.LiveView(
+                err, lambda: report.live_data(store, run_id, time.time()), mask=self.mask
+            )
         else:
             return render.LineView(sys.stderr, quiet=self.quiet, log=log)
         return Tee(view, render.LineView(sys.stderr, quiet=True, log=log)) if log else view
@@ -191,6 +195,7 @@ def start(
     until: UntilOption = None,
     max_duration: MaxDurationOption = None,
     log_file: LogFileOption = None,
+    mask: MaskOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     db: DbOption = None,
@@ -222,7 +227,7 @@ def start(
     if dry_run:
         show_dry_run(lead_source, settings, db, simulate, as_json)
         return
-    output = Output(as_json, quiet, log_file)
+    output = Output(as_json, quiet, log_file, mask)
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
         if not settings.dialing.calling_hours and not target.simulated:
             output.message(
@@ -337,6 +342,7 @@ def resume(
     until: UntilOption = None,
     max_duration: MaxDurationOption = None,
     log_file: LogFileOption = None,
+    mask: MaskOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     db: DbOption = None,
@@ -352,7 +358,7 @@ def resume(
     if run_.status == RunStatus.COMPLETED:
         raise InputError(f"run {run_id} is already completed; nothing to resume")
     settings = settings_for(config)
-    output = Output(as_json, quiet, log_file)
+    output = Output(as_json, quiet, log_file, mask)
     with run_target(run_, settings, sim_speed) as target:
         drive_and_report(
             store,

@@ -1,9 +1,13 @@
-"""Commands that read runs: status, runs, calls."""
+"""Commands that read runs: status, runs, calls, report."""
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 import time
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +16,7 @@ from dialer_cli import render, report, runner
 from dialer_cli.cli.common import (
     DbOption,
     JsonOption,
+    MaskOption,
     app,
     guarded,
     open_store,
@@ -20,12 +25,18 @@ from dialer_cli.cli.common import (
 from dialer_cli.models import RunStatus
 
 
+class ReportFormat(StrEnum):
+    CSV = "csv"
+    JSON = "json"
+
+
 @app.command()
 @guarded
 def status(
     run_id: Annotated[int, typer.Argument(help="The run to show.")],
     as_json: JsonOption = False,
     once: Annotated[bool, typer.Option("--once", help="One snapshot, even on a terminal.")] = False,
+    mask: MaskOption = False,
     db: DbOption = None,
 ) -> None:
     """Show a run: live on a terminal until it ends, one snapshot otherwise.
@@ -34,12 +45,12 @@ def status(
     """
     store = open_store(db, readonly=True)
     if as_json:
-        print(json.dumps(runner.snapshot(store, run_id, time.time()), ensure_ascii=False))
+        print(json.dumps(report.status_object(store, run_id, time.time()), ensure_ascii=False))
         return
     if once or not out.is_terminal:
-        out.print(render.status_table(runner.snapshot(store, run_id, time.time())))
+        out.print(render.status_table(report.status_object(store, run_id, time.time())))
         return
-    view = render.LiveView(out, lambda: report.live_data(store, run_id, time.time()))
+    view = render.LiveView(out, lambda: report.live_data(store, run_id, time.time()), mask=mask)
     try:
         while runner.snapshot(store, run_id, time.time())["status"] in (
             RunStatus.RUNNING,
@@ -62,7 +73,7 @@ def runs(as_json: JsonOption = False, db: DbOption = None) -> None:
     """
     store = open_store(db, readonly=True)
     now = time.time()
-    snaps = [runner.snapshot(store, r.id, now) for r in store.runs()]
+    snaps = [report.status_object(store, r.id, now) for r in store.runs()]
     if as_json:
         print(json.dumps(snaps, ensure_ascii=False))
     else:
@@ -75,6 +86,7 @@ def calls(
     run: Annotated[int | None, typer.Option("--run", help="Only this run's calls.")] = None,
     page: Annotated[int, typer.Option("--page", min=1)] = 1,
     page_size: Annotated[int, typer.Option("--page-size", min=1, max=1000)] = 50,
+    mask: MaskOption = False,
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
@@ -93,4 +105,36 @@ def calls(
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
     else:
-        out.print(render.calls_table(data))
+        out.print(render.calls_table(data, mask=mask))
+
+
+@app.command("report")
+@guarded
+def report_command(
+    run_id: Annotated[int, typer.Argument(help="The run to report on.")],
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="csv for spreadsheets, json for programs.")
+    ] = ReportFormat.CSV,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+    bom: Annotated[
+        bool, typer.Option("--bom", help="Start the CSV with a UTF-8 byte order mark (Excel).")
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """One row per lead, in input order: the lead's own columns, then what happened to it.
+
+    Example: dialer report 7 --output run7.csv --bom
+    """
+    store = open_store(db, readonly=True)
+    rows = report.report_rows(store, run_id, time.time())  # an unknown run fails here, exit 2
+    if fmt == ReportFormat.JSON:
+        write = report.write_json
+    else:
+        write = functools.partial(report.write_csv, bom=bom)
+    if output is None:
+        write(rows, sys.stdout)
+        return
+    with output.open("w", encoding="utf-8", newline="") as stream:
+        write(rows, stream)
