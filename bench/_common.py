@@ -77,7 +77,8 @@ def machine() -> str:
         pass
     return (
         f"machine: {platform.platform()} | {model} | {os.cpu_count()} cores | "
-        f"Python {platform.python_version()} | SQLite {sqlite3.sqlite_version}"
+        f"Python {platform.python_version()} | SQLite {sqlite3.sqlite_version} | "
+        f"load average {os.getloadavg()[0]:.2f} (shared machine: other work perturbs timings)"
     )
 
 

@@ -7,8 +7,8 @@ The file (quick: 100,000 rows) is generated under a temp dir: name, phone, email
 formats ((212) 734-5678, 212-734-5678, 212.734.5678, 1 212 734 5678, 2127345678), plus 2%
 duplicates (an earlier number, written another way) and 1% invalid numbers.
 
-Each command runs as a subprocess, alternating, K times (median quoted); peak RSS is that
-child's own ru_maxrss (os.wait4):
+Each command runs as a subprocess, alternating, K times (default 3; 2 at 1M rows, about two
+minutes a round), the median quoted; peak RSS is that child's own ru_maxrss (os.wait4):
   dry run      dialer start FILE --dry-run --simulate --json       parse + validate only
   full import  dialer start FILE --simulate --max-duration 0 --json --db NEW.db
                the real `start`: import into SQLite in one transaction, then stop before
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python bench/import_csv.py", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100,000 rows")
     parser.add_argument("--rows", type=int, default=None)
-    parser.add_argument("--reps", type=int, default=None, help="runs of each (default 3)")
+    parser.add_argument("--reps", type=int, help="runs of each (default 3; 2 at 1M rows)")
     args = parser.parse_args(argv)
     rows = args.rows or (100_000 if args.quick else 1_000_000)
-    reps = args.reps or 3
+    reps = args.reps or (2 if rows >= 1_000_000 else 3)
 
     header("import (bench/import_csv.py)")
     with scratch("dialer-bench-import-") as tmp:

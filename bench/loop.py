@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
-    cases = [(3, 30 if args.quick else 45), (50, 200 if args.quick else 500)]
+    cases = [(3, 24 if args.quick else 45), (50, 200 if args.quick else 500)]
 
     header("loop overhead (bench/loop.py)")
     note(

@@ -133,8 +133,10 @@ class Dialer:
             else:
                 tick.next_wake = min(tick.next_wake, call.next_at or now)
             return
-        if call.sid is None or call.twilio_status in OUTCOME_OF_STATUS:
-            return  # being created right now, or a review candidate already ended
+        if call.sid is None:
+            return  # being created right now
+        if call.job_state == JobState.REVIEWING and call.twilio_status in OUTCOME_OF_STATUS:
+            return  # a review candidate already ended (an adopted call that ended is polled)
         if cancel and call.sid not in self._ended:
             self._end(call, now, tick)
         due = self._next_poll.get(call.token, now)

@@ -579,6 +579,7 @@ class Store:
                 "WHERE token=?",
                 (f"{len(candidates)} possible calls found after a lost response", now, claim_token),
             )
+            self._settle_review(conn, job["job_id"], now)  # every candidate may have ended
 
     # -- polling ------------------------------------------------------------------------------
 

@@ -96,36 +96,7 @@ def child_env() -> dict[str, str]:
 
 
 class Stalled(AssertionError):
-    """A driver is alive but nothing happens at Twilio: no call live, none created or ended.
-
-    `known` describes the open bug that causes it, when the database shows that bug's mark."""
-
-    def __init__(self, message: str, known: str | None = None):
-        super().__init__(message)
-        self.known = known
-
-
-ADOPT_BUG = (
-    "bug: a call adopted after it had already ended is never polled (engine._settle skips "
-    "calls whose stored Twilio status is terminal), so its lead holds a slot forever and the "
-    "run never ends"
-)
-REVIEW_BUG = (
-    "bug: when every candidate found for a lost create has already ended, the lead stays "
-    "'reviewing' forever (nothing polls ended candidates, so _settle_review never runs)"
-)
-
-
-@contextmanager
-def xfail_on_known_stall() -> Iterator[None]:
-    """Until ADOPT_BUG is fixed, a stall with exactly its mark is that bug, not a new one. Its
-    deterministic reproductions are strict xfails; this covers tests that hit it by timing."""
-    try:
-        yield
-    except Stalled as stall:
-        if stall.known is None:
-            raise
-        pytest.xfail(f"{ADOPT_BUG}: {stall.known}")
+    """A driver is alive but nothing happens at Twilio: no call live, none created or ended."""
 
 
 @dataclass
@@ -225,7 +196,7 @@ class Campaign:
                 raise AssertionError(f"{proc.name} still running after {timeout} s\n{proc.tail()}")
             if self.idle_since(proc.started) > STALL:
                 proc.kill()
-                raise Stalled(f"{proc.name} stalled: {self.stuck()}\n{proc.tail()}", self.known())
+                raise Stalled(f"{proc.name} stalled: {self.stuck()}\n{proc.tail()}")
             time.sleep(0.02)
         return rc
 
@@ -288,16 +259,6 @@ class Campaign:
             "AND j.state IN ('dialing','calling','reviewing')",
             (self.run_id,),
         )
-
-    def known(self) -> str | None:
-        """ADOPT_BUG's mark: a lead calling through an adopted call Twilio had already ended."""
-        marks = [
-            f"{r['phone']} adopted {r['call_sid']} ({r['twilio_status']})"
-            for r in self.stuck()
-            if r["state"] == "calling" and r["result"] == "adopted"
-            and r["twilio_status"] in TERMINAL
-        ]  # fmt: skip
-        return "; ".join(marks) or None
 
 
 def make_campaign(
@@ -543,7 +504,6 @@ def test_kill_after_the_create_was_sent_adopts_the_live_call(tmp_path):
     assert row["result"] == "adopted" and row["call_sid"] == placed.sid
 
 
-@pytest.mark.xfail(reason=ADOPT_BUG, raises=Stalled, strict=True)
 def test_resume_after_the_orphaned_call_ended_adopts_it_and_finishes(tmp_path, rt_sim):
     """The common case after a crash: by the time anyone resumes, the call whose answer was
     lost has ended. It must be adopted with its outcome, and the run must finish."""
@@ -603,8 +563,7 @@ def test_lost_create_responses_are_adopted_never_redialled(tmp_path, rt_sim):
     rt_sim.faults = Faults(p_drop=0.2, p_500_after_create=0.2, seed=11)
     c = make_campaign(tmp_path, rt_sim, 20, imported=False)
     proc = c.start()
-    with xfail_on_known_stall():
-        assert c.wait(proc) == 0, proc.tail()
+    assert c.wait(proc) == 0, proc.tail()
     assert_promises_kept(c)
     lost = [r for r in rt_sim.creates() if r.status in (0, 500)]
     assert {r.status for r in lost} == {0, 500}, "the seed should lose both kinds of answer"
@@ -641,9 +600,8 @@ def test_random_kills_then_resume_keep_every_promise(tmp_path, rt_sim, seed):
     rng = random.Random(seed)
     kills = rng.randint(3, 5)
     c = make_campaign(tmp_path, rt_sim, 40)
-    with xfail_on_known_stall():
-        assert random_kills(c, rng, kills, max_step=4) == kills, c.kills
-        c.finish()
+    assert random_kills(c, rng, kills, max_step=4) == kills, c.kills
+    c.finish()
     assert_promises_kept(c)
 
 
@@ -651,7 +609,7 @@ def test_random_kills_then_resume_keep_every_promise(tmp_path, rt_sim, seed):
 
 
 def test_resume_right_after_a_lost_response_settles_the_adopted_call(store, sim, harness):
-    """Control for the xfail below: adopted while still live, the call is polled to its end."""
+    """Adopted while still live, the call is polled to its end."""
     h = harness(new_run(store, make_leads(2)))
     sim.faults = Faults(p_drop=1.0)  # both creates reach Twilio, no answer comes back
     h.tick()
@@ -663,7 +621,6 @@ def test_resume_right_after_a_lost_response_settles_the_adopted_call(store, sim,
     assert len(sim.calls()) == 2
 
 
-@pytest.mark.xfail(reason=ADOPT_BUG, strict=True)
 def test_a_call_adopted_after_it_ended_is_settled_and_the_run_finishes(store, sim, harness):
     h = harness(new_run(store, make_leads(2)))
     sim.faults = Faults(p_drop=1.0)
@@ -678,7 +635,6 @@ def test_a_call_adopted_after_it_ended_is_settled_and_the_run_finishes(store, si
     assert len(sim.calls()) == 2
 
 
-@pytest.mark.xfail(reason=REVIEW_BUG, strict=True)
 def test_ambiguous_candidates_that_all_ended_go_to_review_and_free_the_slot(
     store, sim, harness, calls
 ):
