@@ -64,7 +64,7 @@ def read_csv(path: Path, *, phone_column: str = "phone", default_region: str = "
         delimiter = _sniff(first)
         reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter, strict=True)
         columns = _header(reader, path)
-        phone = _phone_column(columns, phone_column, path)
+        phone = find_phone_column(columns, phone_column, f"{path}: line 1")
         if next(_records(reader, columns, path), None) is None:
             raise LeadsError(f"{path}: line 1: no leads after the header row; add one row per lead")
     return LeadSource(
@@ -238,26 +238,32 @@ def _header(reader: Reader, path: Path) -> list[str]:
         columns = [name.strip() for name in next(reader)]
     except csv.Error as e:
         raise LeadsError(f"{path}: line 1: {_csv_problem(e)}") from None
-    seen: dict[str, str] = {}
     for index, name in enumerate(columns, 1):
         if not name:
             raise LeadsError(f"{path}: line 1: column {index} has no name; name every column")
+    return unique_columns(columns, f"{path}: line 1", "rename one of them")
+
+
+def unique_columns(columns: list[str], where: str, fix: str) -> list[str]:
+    """Columns become dict keys (and the phone column is matched ignoring case): two with one
+    name would silently lose one."""
+    seen: dict[str, str] = {}
+    for name in columns:
         if name.casefold() in seen:
             raise LeadsError(
-                f"{path}: line 1: duplicate column names {seen[name.casefold()]!r} and {name!r}; "
-                "rename one of them"
+                f"{where}: duplicate column names {seen[name.casefold()]!r} and {name!r}; {fix}"
             )
         seen[name.casefold()] = name
     return columns
 
 
-def _phone_column(columns: list[str], wanted: str, path: Path) -> str:
+def find_phone_column(columns: list[str], wanted: str, where: str) -> str:
+    """The column named `wanted`, ignoring case and surrounding spaces."""
     for name in columns:
         if name.casefold() == wanted.strip().casefold():
             return name
-    found = ", ".join(columns)
     raise LeadsError(
-        f"{path}: line 1: no {wanted!r} column (found: {found}); "
+        f"{where}: no {wanted!r} column (found: {', '.join(columns)}); "
         "pass --phone-column with the name of the column holding the numbers"
     )
 

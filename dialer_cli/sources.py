@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from phonenumbers import SUPPORTED_REGIONS
 
 from dialer_cli.errors import LeadsError
-from dialer_cli.leads import LeadSource, Record, read_csv
+from dialer_cli.leads import LeadSource, Record, find_phone_column, read_csv, unique_columns
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:// is a drive
 # What each accepted scheme means: plain names pick the driver we ship an extra for.
@@ -78,7 +78,7 @@ def open_source(
     region = _region(url, default_region)
     rows = _Rows(url, what)
     columns, first = rows.peek()
-    phone = _phone_column(what.describe(url), columns, phone_column)
+    phone = find_phone_column(columns, phone_column, what.describe(url))
     if first is None:
         raise LeadsError(f"{what.describe(url)}: no leads: {what.empty()}")
     return LeadSource(
@@ -229,29 +229,6 @@ def _region(url: DatabaseUrl, region: str) -> str:
     return region.upper()
 
 
-def _phone_column(name: str, columns: list[str], wanted: str) -> str:
-    for column in columns:
-        if column.casefold() == wanted.strip().casefold():
-            return column
-    raise LeadsError(
-        f"{name}: no {wanted!r} column in the result (found: {', '.join(columns)}); "
-        "pass --phone-column with the name of the column holding the numbers"
-    )
-
-
-def _check_columns(name: str, columns: list[str]) -> list[str]:
-    """Columns become dict keys: two with one name (a join) would silently lose one."""
-    seen: dict[str, str] = {}
-    for column in columns:
-        if column.casefold() in seen:
-            raise LeadsError(
-                f"{name}: duplicate column names {seen[column.casefold()]!r} and {column!r} "
-                "in the result; give one an alias (AS ...)"
-            )
-        seen[column.casefold()] = column
-    return columns
-
-
 def _text(value: object) -> str:
     if value is None:
         return ""
@@ -290,7 +267,10 @@ class _Rows:
     def _open(self, count: bool = False) -> Iterator[tuple[list[str], Rows]]:
         reader = _sqlite if self.url.driver == "sqlite" else _sqlalchemy
         with reader(self.url, self.what, count, self._fail) as (columns, rows):
-            yield _check_columns(self.name, columns), rows
+            yield (
+                unique_columns(columns, f"{self.name}: the result", "give one an alias (AS ...)"),
+                rows,
+            )
 
     def _fail(self, stage: str, exc: BaseException) -> LeadsError:
         """One line for a driver error at `stage`: what failed, the driver's words, what to do."""

@@ -472,7 +472,7 @@ def test_error_while_reading_rows(postgres: Db) -> None:
 def test_result_without_the_phone_column(db: Db) -> None:
     table = db.create(["name", "mobile"], [("Ada", "+12125550123")])
     message = error_of(db.url, query=None, table=table)
-    assert f"(table {table}): no 'phone' column in the result (found: name, mobile)" in message
+    assert f"(table {table}): no 'phone' column (found: name, mobile)" in message
     assert "--phone-column" in message
 
 
