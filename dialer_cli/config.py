@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
-import yaml
-from phonenumbers import SUPPORTED_REGIONS
 
 from dialer_cli.errors import ConfigError
 
@@ -113,7 +112,16 @@ _HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
 _OUTCOMES = _one_of("busy", "no-answer", "failed")
 _DAY = _one_of("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _COLUMN = _rule("a column name", lambda v: isinstance(v, str) and bool(v.strip()))
-_REGION = _rule("a region such as 'US'", lambda v: str(v).upper() in SUPPORTED_REGIONS, str.upper)
+
+
+@functools.cache
+def _regions() -> frozenset[str]:
+    from phonenumbers import SUPPORTED_REGIONS
+
+    return frozenset(SUPPORTED_REGIONS)
+
+
+_REGION = _rule("a region such as 'US'", lambda v: str(v).upper() in _regions(), str.upper)
 _CLOCK = _rule("'HH:MM-HH:MM'", lambda v: isinstance(v, str) and bool(_HOURS.fullmatch(v)))
 _PATH = _optional(lambda v: v if isinstance(v, Path) else Path(_text(v)).expanduser())
 
@@ -318,20 +326,26 @@ def _choose_file(config_path: Path | None) -> Path | None:
     return config_path
 
 
-class _Loader(yaml.SafeLoader):
-    """Rejects duplicate keys: the stock loader keeps the last one silently, hiding a typo."""
+@functools.cache
+def _loader() -> type:
+    """A SafeLoader that rejects duplicate keys: the stock one keeps the last one silently,
+    hiding a typo. Built on first use, so commands that read no config never import yaml."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:  # keys as written; `<<` merges may be overridden
-            if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
-                if (key_node.tag, key_node.value) in seen:
-                    problem = f"duplicate key {key_node.value!r}"
-                    raise yaml.constructor.ConstructorError(
-                        None, None, problem, key_node.start_mark
-                    )
-                seen.add((key_node.tag, key_node.value))
-        return super().construct_mapping(node, deep=deep)
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:  # keys as written; `<<` merges may be overridden
+                if isinstance(key_node, yaml.ScalarNode) and not key_node.tag.endswith(":merge"):
+                    if (key_node.tag, key_node.value) in seen:
+                        problem = f"duplicate key {key_node.value!r}"
+                        raise yaml.constructor.ConstructorError(
+                            None, None, problem, key_node.start_mark
+                        )
+                    seen.add((key_node.tag, key_node.value))
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _read_yaml(path: Path) -> dict[Any, Any]:
@@ -344,8 +358,10 @@ def _read_yaml(path: Path) -> dict[Any, Any]:
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}: line {line}: not valid UTF-8; save the file as UTF-8") from None
+    import yaml
+
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark else ""

@@ -7,6 +7,7 @@ can apply them inside its loop and tests can drive them through any hour of any 
 
 from __future__ import annotations
 
+import html
 import string
 from collections import deque
 from collections.abc import Iterable
@@ -15,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
-from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dialer_cli.errors import ConfigError, InputError
@@ -194,7 +194,7 @@ def check_template_columns(template: str | None, key: str, columns: Iterable[str
 
 def fill_twiml(template: str, fields: dict[str, str]) -> str:
     """Lead values become text inside the TwiML, never markup."""
-    return template.format_map({k: escape(v, {'"': "&quot;"}) for k, v in fields.items()})
+    return template.format_map({k: html.escape(v) for k, v in fields.items()})
 
 
 def fill_url(template: str, fields: dict[str, str]) -> str:

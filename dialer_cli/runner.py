@@ -16,15 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dialer_cli import lease, rules
 from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, run
 from dialer_cli.errors import BusyError, ConfigError, InputError
-from dialer_cli.leads import LeadSource
 from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Lead, Run, RunStatus
 from dialer_cli.store import Store
+
+if TYPE_CHECKING:
+    from dialer_cli.leads import LeadSource
 
 SIMULATED = "simulated"
 SIM_FROM_NUMBER = "+15005550006"  # Twilio's test-credentials From number that always passes
