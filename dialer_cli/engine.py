@@ -89,7 +89,7 @@ class Dialer:
         self.draining = False  # Ctrl-C / SIGTERM / deadline: dial nothing new, let calls finish
         self._next_poll: dict[str, float] = {}  # call token -> when to ask Twilio again
         self._failures: dict[str, int] = {}  # call token -> consecutive transient errors
-        self._ended: set[str] = set()  # SIDs we asked Twilio to end (stop --cancel-active)
+        self._ended: set[str] = set()  # SIDs we are ending (stop --cancel-active)
         self._create_blocked_until = 0.0
         self._last_heartbeat = -1e18
         self.hours, self.pacer, self.blocked = hours, pacer or Pacer(None), blocked
@@ -137,8 +137,9 @@ class Dialer:
             return  # being created right now
         if call.job_state == JobState.REVIEWING and call.twilio_status in OUTCOME_OF_STATUS:
             return  # a review candidate already ended (an adopted call that ended is polled)
-        if cancel and call.sid not in self._ended:
+        if cancel:
             self._end(call, now, tick)
+            return
         due = self._next_poll.get(call.token, now)
         if due <= now:
             self._poll(call, now, tick)
@@ -199,15 +200,21 @@ class Dialer:
         )
 
     def _end(self, call: LiveCall, now: float, tick: Tick) -> None:
+        """End a live call (stop --cancel-active): cancel it if it has not been answered, hang
+        up if it has; a call answered in between is hung up on the next pass."""
         assert call.sid is not None
         try:
-            self.calls.end(call.sid, answered=call.twilio_status == "in-progress")
-        except Exception as failure:  # noqa: BLE001 - retried on the next pass
+            info = self.calls.fetch(call.sid)
+            if not info.terminal:
+                info = self.calls.end(call.sid, answered=info.status == "in-progress")
+        except TwilioFailure as failure:
             self._emit(tick, "cancel-retry", now, call, error=str(failure))
             return
-        self._ended.add(call.sid)
-        self._next_poll[call.token] = now  # see the result in this very pass
-        self._emit(tick, "call-canceling", now, call, sid=call.sid)
+        if call.sid not in self._ended:
+            self._ended.add(call.sid)
+            self._emit(tick, "call-canceling", now, call, sid=call.sid)
+        if info.terminal:
+            self._ended_call(call, info, now, tick)
 
     # -- reconciliation -----------------------------------------------------------------------
 

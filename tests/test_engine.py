@@ -234,3 +234,17 @@ def test_events_carry_names_and_outcomes(store, sim, harness):
     assert ended.data["name"] == "Lead 0" and ended.data["outcome"] == "answered"
     assert store.get_run(h.dialer.run_id).status == RunStatus.COMPLETED
     assert JobState.COMPLETED == "completed"
+
+
+def test_cancel_active_hangs_up_a_call_answered_since_it_was_last_polled(store, sim, harness):
+    h = harness(new_run(store, make_leads(3)), poll_interval=30.0)
+    h.tick()  # created; the store still says "queued" when Twilio has them in progress
+    h.clock.advance(5.0)
+    store.request_stop(h.dialer.run_id, cancel=True, driver_alive=True, now=h.clock.now)
+    t = h.tick()
+    assert t.done and t.status == RunStatus.STOPPED
+    updates = [
+        r.params["Status"][0] for r in sim.requests() if "/Calls/" in r.path and r.method == "POST"
+    ]
+    assert updates == ["completed"] * 3
+    assert all(c.ended_at(sim.speed) == h.clock.now for c in sim.calls())
