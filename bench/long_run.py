@@ -141,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         ">= 95%",
         steady >= 0.95,
     )
+    capped = calls < leads
     verdict(
-        "line utilisation, whole run incl. the final drain", f"{whole:.1%}", ">= 95%", whole >= 0.95
+        "line utilisation, whole run incl. the final drain",
+        f"{whole:.1%}",
+        ">= 95%; INFO when capped (the drain after the cap counts against it)",
+        None if capped else whole >= 0.95,
     )
     if len(per_call) >= 2:
         growth = per_call[-1] / per_call[0]
