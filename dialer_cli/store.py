@@ -76,6 +76,8 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_run_state ON jobs(run_id, state, outcome);
 CREATE INDEX jobs_queue ON jobs(run_id, id) WHERE state = 'queued';
 CREATE INDEX jobs_run_wait ON jobs(run_id, state, next_at, wait);
+CREATE INDEX jobs_token ON jobs(token) WHERE token IS NOT NULL;
+CREATE INDEX jobs_skipped ON jobs(run_id, skip_reason) WHERE state = 'skipped';
 CREATE UNIQUE INDEX jobs_live_number ON jobs(e164) WHERE state IN {LIVE};
 CREATE TABLE calls (
   id INTEGER PRIMARY KEY,
@@ -606,8 +608,9 @@ class Store:
             )
             if call.job_state == JobState.CALLING:
                 conn.execute(
-                    "UPDATE jobs SET twilio_status=?, status_at=?, updated_at=? WHERE token=?",
-                    (info.status, now, now, call.token),
+                    "UPDATE jobs SET twilio_status=?, status_at=?, updated_at=? "
+                    "WHERE id=? AND token=?",
+                    (info.status, now, now, call.job_id, call.token),
                 )
 
     def end_call(self, call: LiveCall, info: CallInfo, now: float, retry_at: float | None) -> None:
@@ -819,8 +822,9 @@ class Store:
         )
         return {r[0] for r in rows}
 
-    def dnc_contains(self, e164: str) -> bool:
-        return bool(self.read("SELECT 1 FROM dnc WHERE e164=?", (e164,)))
+    def dnc_numbers(self) -> set[str]:
+        """The whole list, for an import (one query, not one per lead)."""
+        return {r[0] for r in self.read("SELECT e164 FROM dnc")}
 
 
 def _outcome(status: str) -> str:

@@ -279,8 +279,9 @@ def test_two_processes_on_one_database_never_exceed_n_together(tmp_path, live_si
     b = dialer(
         "start", leads_csv(tmp_path / "b.csv", 15, start=150), "--config", cfg, "--db", db, "--yes"
     )
-    assert a.wait(90) == 0, a.stderr.read()
-    assert b.wait(90) == 0, b.stderr.read()
+    for proc in (a, b):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
     assert live_sim.max_live() <= 3
     per_number = Counter(c.to for c in live_sim.calls())
     assert len(per_number) == 30 and set(per_number.values()) == {1}

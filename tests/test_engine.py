@@ -248,3 +248,19 @@ def test_cancel_active_hangs_up_a_call_answered_since_it_was_last_polled(store, 
     ]
     assert updates == ["completed"] * 3
     assert all(c.ended_at(sim.speed) == h.clock.now for c in sim.calls())
+
+
+def test_at_larger_n_polling_costs_a_few_list_requests_not_one_fetch_per_call(store, sim, harness):
+    h = harness(new_run(store, make_leads(40), concurrency=20))
+    h.tick()
+    assert len(sim.calls()) == 20
+    for _ in range(3):  # the calls are queued, ringing, in progress: none has ended
+        seen = len(sim.requests())
+        h.clock.advance(1.0)
+        h.tick()
+        polls = sim.requests()[seen:]
+        assert [r.params.get("Status") for r in polls] == [["queued"], ["ringing"], ["in-progress"]]
+    assert h.run_until_done(step=1.0) == RunStatus.COMPLETED
+    fetches = [r for r in sim.requests() if r.method == "GET" and "/Calls/" in r.path]
+    assert len(fetches) <= 40 + 3 * 20  # about one fetch per ended call, not one per call a poll
+    assert sim.max_live() == 20 and len(sim.calls()) == 40
