@@ -53,6 +53,17 @@ class Options:
 
 
 @dataclass
+class Rules:
+    """What the loop applies to each lead: what to send, from which number, when, how fast."""
+
+    params_for: Callable[[Claim], CallParams]
+    pick_from: Callable[[str], str]
+    hours: Hours | None = None
+    pacer: Pacer = field(default_factory=lambda: Pacer(None))
+    blocked: Callable[[str], str | None] | None = None  # the do-not-call file
+
+
+@dataclass
 class Tick:
     events: list[Event] = field(default_factory=list)
     done: bool = False
@@ -71,23 +82,14 @@ class Dialer:
         owner_id: str,
         *,
         options: Options,
-        params_for: Callable[[Claim], CallParams],
-        pick_from: Callable[[str], str],
+        rules: Rules,
         clock: Callable[[], float],
         rng: random.Random | None = None,
-        hours: Hours | None = None,
-        pacer: Pacer | None = None,
-        blocked: Callable[[str], str | None] | None = None,
         no_wait: bool = False,
         deadline: float | None = None,
     ):
         self.store, self.calls, self.run_id, self.owner_id = store, calls, run_id, owner_id
-        self.options, self.params_for, self.pick_from, self.clock = (
-            options,
-            params_for,
-            pick_from,
-            clock,
-        )
+        self.options, self.rules, self.clock = options, rules, clock
         self.rng = rng or random.Random()
         self.draining = False  # Ctrl-C / SIGTERM / deadline: dial nothing new, let calls finish
         self._next_poll: dict[str, float] = {}  # call token -> when to ask Twilio again
@@ -95,7 +97,6 @@ class Dialer:
         self._ended: set[str] = set()  # SIDs we are ending (stop --cancel-active)
         self._create_blocked_until = 0.0
         self._last_heartbeat = -1e18
-        self.hours, self.pacer, self.blocked = hours, pacer or Pacer(None), blocked
         self.no_wait = no_wait  # leave (exit 3) instead of waiting for retries or calling hours
         self._groups: list[str] | None = None  # zone groups of the leads still queued
         self._swept: dict[str, float] = {}  # zone group -> until when its leads were set waiting
@@ -292,34 +293,34 @@ class Dialer:
     def _closed_zones(self, now: float) -> list[str]:
         """Zone groups outside their calling hours now; their leads are set waiting until the
         window opens, so `status` can say how many wait and for how long."""
-        if self.hours is None:
+        if self.rules.hours is None:
             return []
         if self._groups is None:
             self._groups = self.store.zone_groups(self.run_id)
         closed = []
         for group in self._groups:
             zones = tuple(group.split(","))
-            if self.hours.open_all(zones, now):
+            if self.rules.hours.open_all(zones, now):
                 continue
             closed.append(group)
             if self._swept.get(group, 0) <= now:
-                opens = self.hours.next_open(zones, now) or now + 7 * 86400
+                opens = self.rules.hours.next_open(zones, now) or now + 7 * 86400
                 self.store.wait_for_hours(self.run_id, group, opens, now)
                 self._swept[group] = opens
         return closed
 
     def _fill(self, now: float, tick: Tick, closed: list[str]) -> None:
         while now >= self._create_blocked_until:
-            allowed = self.pacer.next_allowed(now)
+            allowed = self.rules.pacer.next_allowed(now)
             if allowed > now:
                 tick.next_wake = min(tick.next_wake, allowed)
                 return
             claim = self.store.claim(
-                self.run_id, self.owner_id, now, self.pick_from, closed, self.blocked
+                self.run_id, self.owner_id, now, self.rules.pick_from, closed, self.rules.blocked
             )
             if claim is None:
                 return
-            self.pacer.record(now)
+            self.rules.pacer.record(now)
             if not self._place(claim, now, tick):
                 return
         tick.next_wake = min(tick.next_wake, self._create_blocked_until)
@@ -329,7 +330,7 @@ class Dialer:
 
         base = {"to": claim.to, "name": lead_name(claim.fields), "attempt": claim.attempt}
         try:
-            info = self.calls.create(claim.to, claim.from_number, self.params_for(claim))
+            info = self.calls.create(claim.to, claim.from_number, self.rules.params_for(claim))
         except TwilioFailure as failure:
             return self._on_create_failure(claim, failure, now, tick, base)
         self.store.save_sid(claim, info, now)

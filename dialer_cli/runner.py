@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dialer_cli import lease, rules
 from dialer_cli.config import Settings, require_credentials
-from dialer_cli.engine import Dialer, Options, run
+from dialer_cli.engine import Dialer, Options, Rules, run
 from dialer_cli.errors import BusyError, ConfigError, InputError
 from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Lead, Run, RunStatus
 from dialer_cli.store import Store
@@ -279,8 +279,9 @@ def params_for(run_: Run) -> Callable[[Claim], CallParams]:
     return fill
 
 
-def engine_rules(run_: Run, target: Target) -> dict[str, Any]:
-    """Calling hours, pacing, caller ID and the do-not-call file, from the run's own settings."""
+def engine_rules(run_: Run, target: Target) -> Rules:
+    """Templates, calling hours, pacing, caller ID and the do-not-call file, from the run's own
+    settings (so a resume dials exactly as the start did)."""
     dialing, leads = _section(run_, "dialing"), _section(run_, "leads")
     hours = None
     if dialing.get("calling_hours"):
@@ -297,12 +298,13 @@ def engine_rules(run_: Run, target: Target) -> dict[str, Any]:
         dnc.refresh()
         return "do-not-call" if e164 in dnc else None
 
-    return {
-        "hours": hours,
-        "pacer": rules.Pacer(float(cps) * speed if cps else None),
-        "blocked": blocked,
-        "pick_from": rules.CallerId(pool if isinstance(pool, list) else [target.from_number]),
-    }
+    return Rules(
+        params_for=params_for(run_),
+        pick_from=rules.CallerId(pool if isinstance(pool, list) else [target.from_number]),
+        hours=hours,
+        pacer=rules.Pacer(float(cps) * speed if cps else None),
+        blocked=blocked,
+    )
 
 
 def drive(
@@ -336,12 +338,11 @@ def drive(
             run_id,
             owner,
             options=options_for(run_, target),
-            params_for=params_for(run_),
+            rules=engine_rules(run_, target),
             clock=clock,
             rng=random.Random(),
             no_wait=no_wait,
             deadline=deadline,
-            **engine_rules(run_, target),
         )
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
         try:

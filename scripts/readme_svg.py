@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console  # noqa: TID251 - a script that draws, like render.py
 
 from dialer_cli import lease, render, report
-from dialer_cli.engine import Dialer, Options
+from dialer_cli.engine import Dialer, Options, Rules
 from dialer_cli.models import CallParams, Lead
 from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 from dialer_cli.store import Store
@@ -71,7 +71,7 @@ def campaign(db: Path, clock: Clock, sim: Simulator, *, count: int, concurrency:
     params = CallParams(twiml="<Response><Say>Hello</Say></Response>")
     dialer = Dialer(
         store, calls, run_id, "readme", options=Options(poll_interval=1.0),
-        params_for=lambda claim: params, pick_from=lambda to: FROM, clock=clock,
+        rules=Rules(lambda claim: params, lambda to: FROM), clock=clock,
     )  # fmt: skip
     while True:
         if (tick := dialer.tick()).done:

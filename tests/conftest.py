@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dialer_cli.engine import Dialer, Options
+from dialer_cli.engine import Dialer, Options, Rules
 from dialer_cli.models import CallParams, Lead
 from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, CallPlan, Simulator
 from dialer_cli.store import Store
@@ -129,13 +129,20 @@ class Harness:
 @pytest.fixture
 def harness(store: Store, calls: TwilioCalls, clock: FakeClock) -> Callable[..., Harness]:
     def make(
-        run_id: int, owner: str = "owner-1", rules: dict | None = None, **options: object
+        run_id: int,
+        owner: str = "owner-1",
+        rules: dict | None = None,
+        no_wait: bool = False,
+        **options: object,
     ) -> Harness:
         store.take_over(run_id, owner, os.getpid(), "test-host", clock())
         opts = Options(**{"poll_interval": 1.0, "reconcile_grace": 5.0, **options})
         params = CallParams(twiml="<Response><Say>Hi</Say></Response>")
-        extra = {"params_for": lambda c: params, "pick_from": lambda to: FROM, **(rules or {})}
-        dialer = Dialer(store, calls, run_id, owner, options=opts, clock=clock, **extra)
+        every = {"params_for": lambda c: params, "pick_from": lambda to: FROM, **(rules or {})}
+        dialer = Dialer(
+            store, calls, run_id, owner, options=opts, rules=Rules(**every), clock=clock,
+            no_wait=no_wait,
+        )  # fmt: skip
         return Harness(store, dialer, clock)
 
     return make

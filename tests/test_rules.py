@@ -77,7 +77,7 @@ def test_nobody_is_dialled_outside_their_window(store, sim, harness, clock):
 def test_no_wait_leaves_a_waiting_run_resumable(store, sim, harness, clock):
     clock.now = WEDNESDAY_0830_NY
     run_id = new_run(store, [lead(NY)], zones=runner.zones_rule("09:00-20:00", "UTC"))
-    h = harness(run_id, rules={"hours": rules.Hours.parse("09:00-20:00", None), "no_wait": True})
+    h = harness(run_id, rules={"hours": rules.Hours.parse("09:00-20:00", None)}, no_wait=True)
     assert h.run_until_done(step=1.0) == RunStatus.STOPPED
     assert not sim.calls() and store.counts(run_id)["queued"] == 1
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from dialer_cli import store as store_module
 from dialer_cli.cli import app
-from dialer_cli.engine import Dialer, Options
+from dialer_cli.engine import Dialer, Options, Rules
 from dialer_cli.errors import StoreError
 from dialer_cli.models import CallInfo, CallParams, Claim, Lead, Outcome, RunStatus
 from dialer_cli.simulator import CallPlan, Simulator
@@ -74,7 +74,7 @@ def driver(store: Store, calls: Any, run_id: int, clock: FakeClock, owner: str) 
     store.take_over(run_id, owner, 1, "test-host", clock())
     return Dialer(
         store, calls, run_id, owner, options=Options(poll_interval=1.0, reconcile_grace=5.0),
-        params_for=lambda c: PARAMS, pick_from=lambda to: FROM, clock=clock,
+        rules=Rules(lambda c: PARAMS, lambda to: FROM), clock=clock,
     )  # fmt: skip
 
 
