@@ -160,7 +160,7 @@ def test_several_candidate_calls_need_review_and_hold_the_slot(store, sim, harne
     h.tick()
     sim.faults = Faults()
     first_to = sim.calls()[0].to
-    calls.create(first_to, FROM, h.dialer.rules.params_for(None))  # a second call to the same number
+    calls.create(first_to, FROM, h.dialer.rules.params_for(None))  # a second call to that number
     h.tick()
     assert store.counts(h.dialer.run_id)["needs_review"] == 1
     assert h.run_until_done(step=1.0) == RunStatus.COMPLETED
