@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from dialer_cli.cli import app
 from dialer_cli.simulator import CallPlan, Simulator
-from tests.conftest import write_config
-from tests.test_cli import dialer, wait_for
+from tests.conftest import wait_for, write_config
+from tests.test_cli import dialer
 from tests.test_sources import postgres  # noqa: F401 - fixture: a real server, or a skip
 
 cli = CliRunner()

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from dialer_cli.cli import app
 from dialer_cli.simulator import CallPlan, Simulator
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, wait_for, write_config
 
 runner = CliRunner()
 
@@ -39,16 +39,6 @@ def leads_csv(path: Path, n: int, start: int = 100) -> Path:
     rows = [f"Lead {i},+1212555{start + i:04d}" for i in range(n)]
     path.write_text("name,phone\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return path
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- in-process -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from dialer_cli.leads import read_csv
 from dialer_cli.models import CallParams, JobState, RunStatus
 from dialer_cli.simulator import CallPlan, Faults, RecordedRequest, SimCall, Simulator
 from dialer_cli.store import Store
-from tests.conftest import FROM, ROOT, make_leads, new_run, write_config
+from tests.conftest import FROM, ROOT, make_leads, new_run, wait_for, write_config
 from tests.crash_entry import POINTS
 
 pytestmark = pytest.mark.slow  # real processes and SIGKILL; part of the default run
@@ -79,16 +79,6 @@ class Plan:
 def number(i: int, start: int = 100) -> str:
     """The i-th lead's number (fictional 555 numbers)."""
     return f"+1212555{start + i:04d}"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def child_env() -> dict[str, str]:
