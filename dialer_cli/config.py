@@ -63,9 +63,9 @@ def _secret(value: Any) -> str:
     return value
 
 
-def _list_of(item: Check, what: str) -> Check:
+def _list_of(item: Check, what: str, empty_ok: bool = True) -> Check:
     def check(value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
+        if not isinstance(value, list) or (not value and not empty_ok):
             raise _Invalid(f"expected a list of {what}, got {_show(value)}")
         for entry in value:
             try:
@@ -160,7 +160,7 @@ class DialingSettings:
     retry_delay: float = _key(900.0, _over(0, inclusive=True))
     calling_hours: str | None = _key(None, _optional(_CLOCK))
     calling_days: tuple[str, ...] | None = _key(
-        None, _optional(_list_of(_DAY, "mon, tue, wed, thu, fri, sat, sun"))
+        None, _optional(_list_of(_DAY, "mon, tue, wed, thu, fri, sat, sun", empty_ok=False))
     )
     timezone: str | None = _key(None, _optional(_zone))
     do_not_call: Path | None = _key(None, _PATH)  # relative to the config file when set there

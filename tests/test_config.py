@@ -409,3 +409,10 @@ def test_token_not_echoed_in_errors(tmp_path: Path) -> None:
     assert message == f"{path}: twilio.auth_token: expected text in quotes (the value is not shown)"
     path = write(tmp_path, f"twilio:\n  auth_token: {TOKEN}\n   bad: [\n")
     assert TOKEN not in error_of(path)
+
+
+def test_calling_days_must_name_at_least_one_day(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dialing:\n  calling_days: []\n")
+    with pytest.raises(ConfigError, match=r"dialing\.calling_days: expected a list of mon"):
+        load_settings(path, {})
