@@ -1,4 +1,6 @@
-"""What the commands do, without the terminal: import a run, drive it, stop it, describe it.
+"""What the commands do, without the terminal: choose the target, drive a run, stop it, describe it.
+
+Importing a source into a run lives in `intake.py`.
 
 The CLI resolves flags and picks a view; everything here takes plain values and returns plain
 values or events, so the same code serves `start`, `resume`, cron and the tests.
@@ -16,17 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dialer_cli import lease, rules
 from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, Rules, run
-from dialer_cli.errors import BusyError, ConfigError, InputError
-from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Lead, Run, RunStatus
+from dialer_cli.errors import ConfigError, InputError
+from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Run, RunStatus
 from dialer_cli.store import Store
-
-if TYPE_CHECKING:
-    from dialer_cli.leads import LeadSource
 
 SIMULATED = "simulated"
 SIM_FROM_NUMBER = "+15005550006"  # Twilio's test-credentials From number that always passes
@@ -106,131 +105,6 @@ def open_calls(target: Target) -> Any:
     from dialer_cli.twilio_adapter import TwilioCalls
 
     return TwilioCalls(target.account_sid, target.auth_token, target.base_url, target.http_timeout)
-
-
-# -- import -------------------------------------------------------------------------------------
-
-
-def run_settings(settings: Settings) -> dict[str, object]:
-    """The parts of the configuration a run keeps, so a resume dials the same way."""
-    return {
-        "call": _plain(dataclasses.asdict(settings.call)),
-        "dialing": _plain(dataclasses.asdict(settings.dialing)),
-        "leads": _plain(dataclasses.asdict(settings.leads)),
-        "from_numbers": list(settings.twilio.from_numbers),
-    }
-
-
-def _plain(section: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in section.items():
-        if isinstance(value, tuple):
-            value = list(value)
-        elif value is not None and not isinstance(value, str | int | float | bool | list):
-            value = str(value)
-        out[key] = value
-    return out
-
-
-def check_source(store: Store, source: LeadSource, target: Target, new: bool) -> None:
-    """One unfinished run per source and account: starting it again names the run to resume.
-
-    A completed source is dialled again only with --new, except on the simulator, which
-    reaches nobody (so the demo can be run again and again).
-    """
-    latest = store.latest_run(source_key=source.key, target=target.key)
-    if latest is None or new:
-        return
-    if latest.status == RunStatus.COMPLETED:
-        if target.simulated:
-            return
-        raise InputError(
-            f"{source.name} was already dialled in run {latest.id} (completed); "
-            f"pass --new to dial it again"
-        )
-    raise BusyError(
-        f"{source.name} already has an unfinished run {latest.id} ({latest.status}); "
-        f"continue it with `dialer resume {latest.id}` or pass --new"
-    )
-
-
-def import_run(
-    store: Store,
-    source: LeadSource,
-    settings: Settings,
-    target: Target,
-    now: float,
-    campaign: str | None = None,
-) -> int:
-    """Create the run from the source in one transaction, applying the rules known at import:
-    do-not-call lists, template checks, each lead's time zones for calling hours."""
-    check_templates(settings, source.columns)
-    skip = import_rules(store, settings, source.name, campaign, now)
-    return store.create_run(
-        source=source.name,
-        source_key=source.key,
-        leads=source,
-        target=target.key,
-        base_url=None if target.simulated else target.base_url,
-        from_number=target.from_number,
-        concurrency=settings.dialing.concurrency,
-        settings=run_settings(settings),
-        now=now,
-        campaign=campaign,
-        skip=skip,
-        zones=zones_rule(settings.dialing.calling_hours, settings.dialing.timezone),
-    )
-
-
-def check_templates(settings: Settings, columns: list[str]) -> None:
-    rules.check_template_columns(settings.call.twiml, "call.twiml", columns)
-    rules.check_template_columns(settings.call.url, "call.url", columns)
-
-
-def import_rules(
-    store: Store,
-    settings: Settings,
-    source_name: str,
-    campaign: str | None = None,
-    now: float | None = None,
-) -> Callable[[Lead], tuple[str, str] | None]:
-    """Why a valid lead is not dialled at all: do-not-call, or already answered in an earlier
-    run of the campaign; an unusable filled template aborts the whole import (raised, so the
-    transaction rolls back)."""
-    dnc_file = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
-    twiml = settings.call.twiml if rules.template_fields(settings.call.twiml) else None
-    dnc_db = store.dnc_numbers()
-    answered: set[str] = set()
-    if campaign is not None:
-        recall = settings.dialing.recall_after
-        since = (now or time.time()) - recall if recall is not None else None
-        answered = store.answered_in_campaign(campaign, since)
-
-    def skip(lead: Lead) -> tuple[str, str] | None:
-        if twiml is not None:
-            rules.check_twiml_length(rules.fill_twiml(twiml, lead.fields), lead.line, source_name)
-        assert lead.e164 is not None
-        if lead.e164 in dnc_file:
-            return "do-not-call", f"on the do-not-call list {dnc_file.path}"
-        if lead.e164 in dnc_db:
-            return "do-not-call", "on the do-not-call list (dialer dnc)"
-        if lead.e164 in answered:
-            return "already-called", f"answered in an earlier run of campaign {campaign}"
-        return None
-
-    return skip
-
-
-def zones_rule(calling_hours: str | None, timezone: str | None) -> Callable[[Lead], str] | None:
-    if not calling_hours:
-        return None
-    fallback = timezone or rules.local_zone()
-
-    def zones(lead: Lead) -> str:
-        assert lead.e164 is not None
-        return ",".join(rules.lead_zones(lead.e164, lead.fields.get("timezone"), fallback))
-
-    return zones
 
 
 # -- driving ------------------------------------------------------------------------------------
@@ -440,49 +314,6 @@ def stop(store: Store, run_id: int, *, cancel: bool, now: float) -> Run:
     )
 
 
-def dry_run(
-    source: LeadSource, settings: Settings, store: Store | None, now: float
-) -> dict[str, Any]:
-    """What `start` would do, without writing anything or dialling anybody."""
-    check_templates(settings, source.columns)
-    skip = import_rules(store, settings, source.name) if store else None
-    dnc = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
-    hours = settings.dialing.calling_hours
-    window = rules.Hours.parse(hours, settings.dialing.calling_days) if hours else None
-    zones = zones_rule(hours, settings.dialing.timezone)
-    skipped: dict[str, dict[str, Any]] = {}
-    later: dict[str, Any] = {"count": 0, "examples": []}
-    rows = dial = 0
-    for lead in source:
-        rows += 1
-        reason = (lead.skip_reason, lead.skip_detail)
-        if reason[0] is None and lead.e164 in dnc:
-            reason = ("do-not-call", f"on the do-not-call list {dnc.path}")
-        if reason[0] is None and skip is not None:
-            reason = skip(lead) or (None, None)
-        if reason[0] is not None:
-            _example(skipped.setdefault(reason[0], {"count": 0, "examples": []}), lead, reason[1])
-            continue
-        dial += 1
-        if window and zones and not window.open_all(tuple(zones(lead).split(",")), now):
-            _example(later, lead, "outside calling hours now")
-    return {
-        "source": source.name,
-        "rows": rows,
-        "would_dial": dial,
-        "skipped": skipped,
-        "outside_hours_now": later,
-        "concurrency": settings.dialing.concurrency,
-        "calling_hours": hours,
-    }
-
-
-def _example(bucket: dict[str, Any], lead: Lead, detail: str | None) -> None:
-    bucket["count"] += 1
-    if len(bucket["examples"]) < 3:
-        bucket["examples"].append({"line": lead.line, "phone": lead.phone, "detail": detail})
-
-
 def deadline(until: str | None, max_duration: str | None, now: float) -> float | None:
     """The earlier of --until HH:MM (local time, the next such moment) and --max-duration."""
     ends = []
@@ -516,15 +347,3 @@ def parse_duration(text: str) -> float:
         raise InputError(f"--max-duration {text!r}: expected a duration such as 90s, 45m or 2h")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     return hours * 3600 + minutes * 60 + seconds
-
-
-def existing_campaign_run(
-    store: Store, campaign: str | None, target: Target, new: bool
-) -> int | None:
-    """Re-running a campaign resumes its unfinished run instead of duplicating it."""
-    if campaign is None or new:
-        return None
-    latest = store.latest_run(campaign=campaign, target=target.key)
-    if latest is None or latest.status == RunStatus.COMPLETED:
-        return None
-    return latest.id

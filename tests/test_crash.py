@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from dialer_cli import runner
+from dialer_cli import intake, runner
 from dialer_cli.config import load_settings
 from dialer_cli.leads import read_csv
 from dialer_cli.models import CallParams, JobState, RunStatus
@@ -256,7 +256,7 @@ def make_campaign(
     imported: bool = True, **dialing: object,
 ) -> Campaign:  # fmt: skip
     """Leads CSV and config on disk; with `imported`, the run is created through the import
-    path `dialer start` uses (runner.import_run), but nobody drives it yet."""
+    path `dialer start` uses (intake.import_run), but nobody drives it yet."""
     directory.mkdir(parents=True, exist_ok=True)
     numbers = [number(i, start) for i in range(leads)]
     c = Campaign(directory, sim, numbers, concurrency)
@@ -270,7 +270,7 @@ def make_campaign(
         store = Store.open(c.db)
         try:
             target = runner.twilio_target(settings)
-            c.run_id = runner.import_run(store, read_csv(c.csv), settings, target, time.time())
+            c.run_id = intake.import_run(store, read_csv(c.csv), settings, target, time.time())
         finally:
             store.close()
     return c

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from typer.testing import CliRunner
 
-from dialer_cli import rules, runner
+from dialer_cli import intake, rules, runner
 from dialer_cli.cli import app
 from dialer_cli.models import Lead, RunStatus
 from dialer_cli.simulator import CallPlan
@@ -56,7 +56,7 @@ def test_zones_come_from_the_column_the_number_or_the_fallback():
 
 def test_nobody_is_dialled_outside_their_window(store, sim, harness, clock):
     clock.now = WEDNESDAY_0830_NY
-    zones = runner.zones_rule("09:00-20:00", "UTC")
+    zones = intake.zones_rule("09:00-20:00", "UTC")
     run_id = new_run(store, [lead(NY, 2), lead(LA, 3)], zones=zones)
     hours = rules.Hours.parse("09:00-20:00", None)
     h = harness(run_id, rules={"hours": hours})
@@ -76,7 +76,7 @@ def test_nobody_is_dialled_outside_their_window(store, sim, harness, clock):
 
 def test_no_wait_leaves_a_waiting_run_resumable(store, sim, harness, clock):
     clock.now = WEDNESDAY_0830_NY
-    run_id = new_run(store, [lead(NY)], zones=runner.zones_rule("09:00-20:00", "UTC"))
+    run_id = new_run(store, [lead(NY)], zones=intake.zones_rule("09:00-20:00", "UTC"))
     h = harness(run_id, rules={"hours": rules.Hours.parse("09:00-20:00", None)}, no_wait=True)
     assert h.run_until_done(step=1.0) == RunStatus.STOPPED
     assert not sim.calls() and store.counts(run_id)["queued"] == 1

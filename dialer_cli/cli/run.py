@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dialer_cli import lease, render, report, runner
+from dialer_cli import intake, lease, render, report, runner
 from dialer_cli.cli.common import (
     ConcurrencyOption,
     ConfigOption,
@@ -234,16 +234,16 @@ def start(
                 "warning: no dialing.calling_hours set: calls may go out at any hour "
                 "(US law allows 8am-9pm in the callee's local time)"
             )
-        runner.check_templates(settings, lead_source.columns)
+        intake.check_templates(settings, lead_source.columns)
         with campaign_lock(db, campaign):
             with new_database_or_none(db) as store:
-                run_id = runner.existing_campaign_run(store, campaign, target, new)
+                run_id = intake.existing_campaign_run(store, campaign, target, new)
                 resuming = run_id is not None
                 if run_id is None and campaign is None:
-                    runner.check_source(store, lead_source, target, new)
+                    intake.check_source(store, lead_source, target, new)
                 if run_id is None:
                     now = time.time()
-                    run_id = runner.import_run(store, lead_source, settings, target, now, campaign)
+                    run_id = intake.import_run(store, lead_source, settings, target, now, campaign)
             if resuming:
                 output.message(f"campaign {campaign}: resuming its unfinished run {run_id}")
                 output.log(f"campaign {campaign}: resuming its unfinished run {run_id}")
@@ -304,7 +304,7 @@ def show_dry_run(
         runner.twilio_target(settings)  # credentials are part of a usable configuration
     path = db or default_db_path()
     store = Store.open(path, readonly=True) if path.exists() else None
-    plan = runner.dry_run(source, settings, store, time.time())
+    plan = intake.dry_run(source, settings, store, time.time())
     if as_json:
         print(json.dumps(plan, ensure_ascii=False))
         return
