@@ -29,12 +29,6 @@ class JobState(StrEnum):
 
 # The seed's critical fix as a named constant: a call still being set up counts as a live one.
 IN_FLIGHT: tuple[str, ...] = (JobState.DIALING, JobState.CALLING, JobState.REVIEWING)
-FINAL: tuple[str, ...] = (
-    JobState.COMPLETED,
-    JobState.FAILED,
-    JobState.SKIPPED,
-    JobState.NEEDS_REVIEW,
-)
 
 
 class RunStatus(StrEnum):
@@ -43,14 +37,6 @@ class RunStatus(StrEnum):
     STOPPED = "stopped"
     COMPLETED = "completed"
     FAILED = "failed"  # account-level error; resumable once fixed
-
-
-UNFINISHED: tuple[str, ...] = (
-    RunStatus.RUNNING,
-    RunStatus.STOPPING,
-    RunStatus.STOPPED,
-    RunStatus.FAILED,
-)
 
 
 class Outcome(StrEnum):

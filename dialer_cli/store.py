@@ -764,14 +764,6 @@ class Store:
         )[0]
         return row[0]
 
-    def skipped_leads(self, run_id: int, limit: int = 5) -> list[dict[str, Any]]:
-        rows = self.read(
-            "SELECT line, phone, skip_reason, skip_detail FROM jobs WHERE run_id=? "
-            "AND state='skipped' ORDER BY id LIMIT ?",
-            (run_id, limit),
-        )
-        return [dict(r) for r in rows]
-
     def calls_page(
         self, run_id: int | None, page: int, size: int
     ) -> tuple[list[dict[str, Any]], int]:
@@ -785,17 +777,6 @@ class Store:
             [*params, size, (page - 1) * size],
         )
         return [dict(r) for r in rows], int(total)
-
-    def recent_ended(self, run_id: int, limit: int = 5) -> list[dict[str, Any]]:
-        rows = self.read(
-            "SELECT j.name, c.to_number AS 'to', c.twilio_status, c.duration_s, c.ended_at, "
-            "c.error_code FROM calls c JOIN jobs j ON j.id=c.job_id WHERE c.run_id=? "
-            "AND c.ended_at IS NOT NULL ORDER BY c.ended_at DESC LIMIT ?",
-            (run_id, limit),
-        )
-        return [dict(r) for r in rows]
-
-    # -- do-not-call ---------------------------------------------------------------------------
 
     def dnc_add(self, numbers: Iterable[str], source: str, now: float) -> int:
         with self.transaction() as conn:
