@@ -13,12 +13,13 @@ import base64
 import json
 import random
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -282,8 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
         form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"), keep_blank_values=True)
         for key, values in form.items():
             params.setdefault(key, []).extend(values)
-        reply = _Reply(0)  # a stopped simulator answers nothing, even on old keep-alive sockets
-        if not sim._stopped.is_set():
+        reply = _Reply(0)  # a stopped or down simulator answers nothing, even on keep-alive sockets
+        if not sim._stopped.is_set() and not sim._down:
             auth = self.headers.get("Authorization")
             reply = sim._respond(self.command, split.path, params, auth)
         if reply.status == 0:
@@ -299,6 +300,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header comes from the simulator's clock, as Twilio's comes from Twilio's: a
+        test can set the two clocks apart and watch the dialer measure the offset."""
+        return formatdate(self.server.sim.clock() if timestamp is None else timestamp, usegmt=True)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the product's terminal UI owns stdout and stderr."""
@@ -342,14 +348,16 @@ class Simulator:
         self._requests: list[RecordedRequest] = []
         self._hold, self._held = False, 0
         self._rng, self._rng_for = random.Random(), Faults()  # re-seeded when faults is replaced
-        self._sid_rng = random.Random(f"sid:{seed}")
         self._server: _Server | None = None
+        self._port = 0
         self._stopped = threading.Event()
+        self._down = False
 
     def start(self, port: int = 0) -> Simulator:
         """Serve on 127.0.0.1 in a daemon thread (port 0 picks a free port); returns self."""
-        self._server = server = _Server(("127.0.0.1", port), _Handler)
+        self._server = server = _Server(("127.0.0.1", port or self._port), _Handler)
         server.sim = self
+        self._port = server.server_address[1]
         self._stopped.clear()
         serve = lambda: server.serve_forever(poll_interval=0.05)  # noqa: E731 - stop() within 50 ms
         threading.Thread(target=serve, name="twilio-simulator", daemon=True).start()
@@ -362,6 +370,21 @@ class Simulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def go_down(self) -> None:
+        """Twilio unreachable: new connections are refused and open keep-alive connections are
+        closed unanswered; nothing that arrives is recorded or processed."""
+        with self._lock:
+            self._down = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def come_up(self) -> None:
+        """Reachable again, on the same port, with the same ledger."""
+        with self._lock:
+            self._down = False
+        self.start(self._port)
 
     def serve_forever(self, port: int = 0) -> None:
         """Foreground serving for `dialer simulator` (reuses a started server); Ctrl-C returns."""
@@ -476,7 +499,9 @@ class Simulator:
         to, from_ = _one(params, "To") or "", _one(params, "From") or ""
         with self._lock:
             plan = self._plan(to, len(self._by_to.get(to, ())))
-            while (sid := f"CA{self._sid_rng.getrandbits(128):032x}") in self._by_sid:
+            # Random, not seeded: a resumed simulated run starts a new simulator, and a SID must
+            # never name two calls in one database (reports and reconciliation key on it).
+            while (sid := f"CA{secrets.token_hex(16)}") in self._by_sid:
                 pass
             call = SimCall(sid, to, from_, now, plan, seq=len(self._calls))
             self._calls.append(call)

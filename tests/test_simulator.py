@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -656,3 +657,43 @@ def test_contract_checks_response_bodies() -> None:
     }
     assert validate_response("GET", CALLS, 404, error) == []
     assert validate_response("GET", CALLS, 404, {"message": "nope"})
+
+
+# ---- clocks, reachability, SIDs -----------------------------------------------------------------
+
+
+def test_the_date_header_comes_from_the_simulators_clock(harness: Callable[..., Harness]) -> None:
+    """Twilio's clock is its own: a dialer measures the offset from the Date header."""
+    h = harness()
+    h.clock.now = T0 - 90  # 90 s behind real time
+    h.client.calls.list(to=TO)
+    headers = h.seen[-1][4]
+    assert parsedate_to_datetime(headers["Date"]).timestamp() == int(T0 - 90)
+
+
+def test_a_simulator_that_goes_down_refuses_connections_and_comes_back_with_its_ledger(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness()
+    h.client.calls.create(to=TO, from_=FROM, url=URL)
+    url = h.sim.url
+    h.sim.go_down()
+    plain = Client(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, http_client=TwilioHttpClient(timeout=2))
+    plain.api.base_url = url
+    with pytest.raises(requests.exceptions.ConnectionError):
+        plain.calls.list(to=TO)
+    assert len(h.sim.requests()) == 1  # what never arrived is not in the ledger
+    h.sim.come_up()
+    assert h.sim.url == url
+    assert [c.to for c in h.client.calls.list(to=TO)] == [TO]
+
+
+def test_sids_never_repeat_across_simulators_with_one_seed() -> None:
+    """A resumed simulated run starts a fresh simulator on the same seed: its SIDs must be new."""
+    sids = set()
+    for _ in range(2):
+        with Simulator(seed=0) as sim:
+            client = Client(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN)
+            client.api.base_url = sim.url
+            sids |= {client.calls.create(to=TO, from_=FROM, url=URL).sid for _ in range(3)}
+    assert len(sids) == 6
