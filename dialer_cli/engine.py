@@ -50,6 +50,10 @@ class Options:
     retry_delay: float = 900.0
     heartbeat_every: float = 5.0
     max_backoff: float = 60.0
+    # A call Twilio leaves queued or ringing past call.timeout + 120 s, or in progress past
+    # call.time_limit + 120 s, is stuck there: it is ended rather than holding its line forever.
+    ring_limit: float = 30.0 + 120.0
+    talk_limit: float = 14400.0 + 120.0
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Dialer:
         rng: random.Random | None = None,
         no_wait: bool = False,
         deadline: float | None = None,
+        should_drain: Callable[[], bool] = lambda: False,
     ):
         self.store, self.calls, self.run_id, self.owner_id = store, calls, run_id, owner_id
         self.options, self.rules, self.clock = options, rules, clock
@@ -102,18 +107,27 @@ class Dialer:
         self._swept: dict[str, float] = {}  # zone group -> until when its leads were set waiting
         self._announced_wait: float | None = None
         self.deadline = deadline  # --until / --max-duration: then dial nothing new
+        self.should_drain = should_drain  # Ctrl-C / SIGTERM, asked before every claim
 
     def drain(self) -> None:
         self.draining = True
+
+    def _drain_asked(self, now: float, tick: Tick) -> bool:
+        """Whether dialling must stop now. Asked before every claim, not once a pass: a signal
+        or a deadline that lands mid-burst must not let the rest of the burst go out."""
+        if not self.draining and self.should_drain():
+            self.drain()
+        if not self.draining and self.deadline is not None and now >= self.deadline:
+            self.drain()
+            tick.events.append(Event("deadline", now, self.run_id, {"at": self.deadline}))
+        return self.draining
 
     # -- one pass -----------------------------------------------------------------------------
 
     def tick(self) -> Tick:
         now = self.clock()
         tick = Tick(next_wake=now + self.options.poll_interval)
-        if self.deadline is not None and now >= self.deadline and not self.draining:
-            self.drain()
-            tick.events.append(Event("deadline", now, self.run_id, {"at": self.deadline}))
+        self._drain_asked(now, tick)
         self._heartbeat(now)
         run = self.store.get_run(self.run_id)
         live = self.store.live_calls(self.run_id)
@@ -182,7 +196,7 @@ class Dialer:
             if info is None:
                 self._poll(call, now, tick)
             else:
-                self._seen(call, info, now)
+                self._seen(call, info, now, tick)
 
     def _poll(self, call: LiveCall, now: float, tick: Tick) -> None:
 
@@ -196,19 +210,43 @@ class Dialer:
         if info.terminal:
             self._ended_call(call, info, now, tick)
             return
-        self._seen(call, info, now)
+        self._seen(call, info, now, tick)
 
-    def _seen(self, call: LiveCall, info: CallInfo, now: float) -> None:
+    def _seen(self, call: LiveCall, info: CallInfo, now: float, tick: Tick) -> None:
         """A live status: record it if it changed, ask again one poll interval from now."""
         if info.status != call.twilio_status:
             self.store.update_status(call, info, now)
         self._next_poll[call.token] = now + self.options.poll_interval
+        overdue = self._overdue(call, info, now)
+        if overdue:
+            self.store.note_call(call.token, overdue)
+            self._end(call, now, tick, reason=overdue)
+
+    def _overdue(self, call: LiveCall, info: CallInfo, now: float) -> str | None:
+        """Why a live call has outlived what its own limits allow, if it has."""
+        if info.status == "in-progress":
+            # From when we first saw it answered; before that is recorded, from the latest
+            # moment it could have been answered.
+            seen = call.job_state == JobState.CALLING and call.twilio_status == "in-progress"
+            since = call.status_at if seen and call.status_at else None
+            since = since if since is not None else call.claimed_at + self.options.ring_limit
+            limit, what = self.options.talk_limit, "call.time_limit"
+        else:
+            since, limit, what = call.claimed_at, self.options.ring_limit, "call.timeout"
+        if now - since <= limit:
+            return None
+        return f"ended by dialer: {info.status} for {now - since:.0f}s, past {what} + 120s"
 
     def _on_poll_failure(
         self, call: LiveCall, failure: TwilioFailure, now: float, tick: Tick
     ) -> None:
         if failure.kind == "account":
             self._fail_run(str(failure), now)
+        if failure.kind == "not_found" and call.job_state == JobState.REVIEWING:
+            # One candidate Twilio does not know is no verdict on the lead: the others are
+            # still polled, and the lead goes to review when they end.
+            self.store.drop_candidate(call, f"Twilio does not know call {call.sid}", now)
+            return
         if failure.kind == "not_found":
             self.store.fail_call(call, f"Twilio does not know call {call.sid}", now)
             self._emit(tick, "call-ended", now, call, outcome="failed", error=str(failure))
@@ -240,7 +278,7 @@ class Dialer:
             **extra,
         )
 
-    def _end(self, call: LiveCall, now: float, tick: Tick) -> None:
+    def _end(self, call: LiveCall, now: float, tick: Tick, reason: str | None = None) -> None:
         """End a live call (stop --cancel-active): cancel it if it has not been answered, hang
         up if it has; a call answered in between is hung up on the next pass."""
         assert call.sid is not None
@@ -253,7 +291,8 @@ class Dialer:
             return
         if call.sid not in self._ended:
             self._ended.add(call.sid)
-            self._emit(tick, "call-canceling", now, call, sid=call.sid)
+            extra = {"reason": reason} if reason else {}
+            self._emit(tick, "call-canceling", now, call, sid=call.sid, **extra)
         if info.terminal:
             self._ended_call(call, info, now, tick)
 
@@ -309,14 +348,30 @@ class Dialer:
                 self._swept[group] = opens
         return closed
 
+    def _closed_until(self, group: str) -> float | None:
+        """None while a zone group's calling hours hold, else when they next open. Asked by the
+        claim for each lead it takes, on the clock of that moment: the one check no path skips
+        (a retry, a lead requeued by reconciliation, a lead that was in flight at start-up)."""
+        assert self.rules.hours is not None
+        now, zones = self.clock(), tuple(group.split(","))
+        if self.rules.hours.open_all(zones, now):
+            return None
+        return self.rules.hours.next_open(zones, now) or now + 7 * 86400
+
     def _fill(self, now: float, tick: Tick, closed: list[str]) -> None:
-        while now >= self._create_blocked_until:
+        while now >= self._create_blocked_until and not self._drain_asked(self.clock(), tick):
             allowed = self.rules.pacer.next_allowed(now)
             if allowed > now:
                 tick.next_wake = min(tick.next_wake, allowed)
                 return
             claim = self.store.claim(
-                self.run_id, self.owner_id, now, self.rules.pick_from, closed, self.rules.blocked
+                self.run_id,
+                self.owner_id,
+                now,
+                self.rules.pick_from,
+                closed,
+                self.rules.blocked,
+                self._closed_until if self.rules.hours else None,
             )
             if claim is None:
                 return

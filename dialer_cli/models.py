@@ -188,3 +188,4 @@ class LiveCall:
     name: str = ""
     next_at: float | None = None
     attempts: int = 0
+    status_at: float | None = None  # when we saw its job's Twilio status change

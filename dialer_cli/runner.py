@@ -116,9 +116,13 @@ def _section(run_: Run, name: str) -> dict[str, Any]:
 
 
 def options_for(run_: Run, target: Target) -> Options:
-    dialing = _section(run_, "dialing")
+    dialing, call = _section(run_, "dialing"), _section(run_, "call")
     speed = target.speed if target.simulated else 1.0
+    ring = float(call.get("timeout") or 60)  # Twilio rings 60 s when Timeout is not sent
+    talk = float(call.get("time_limit") or 14400)  # and allows 4 h without TimeLimit
     return Options(
+        ring_limit=(ring + 120.0) / speed,
+        talk_limit=(talk + 120.0) / speed,
         poll_interval=float(dialing.get("poll_interval", 2.0)) / speed,
         reconcile_grace=float(dialing.get("reconcile_grace", 30.0)) / speed,
         max_attempts=int(dialing.get("max_attempts", 1)),
@@ -217,6 +221,7 @@ def drive(
             rng=random.Random(),
             no_wait=no_wait,
             deadline=deadline,
+            should_drain=should_drain,
         )
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
         try:

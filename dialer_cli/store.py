@@ -33,6 +33,8 @@ from dialer_cli.models import (
 
 SCHEMA_VERSION = 1
 LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
+TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
+DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
 
 SCHEMA_V1 = f"""
 CREATE TABLE runs (
@@ -390,14 +392,17 @@ class Store:
         pick_from: Callable[[str], str],
         closed_zones: Collection[str] = (),
         blocked: Callable[[str], str | None] | None = None,
+        closed_until: Callable[[str], float | None] | None = None,
     ) -> Claim | None:
         """Take the next lead for dialing if a slot is free, or return None.
 
         One `BEGIN IMMEDIATE` holds the check and the act together: the run is still running and
         still ours, the account's calls in flight (dialing *and* calling, across every run that
         dials through it) are below N, the number is not live anywhere, and it is not on the
-        do-not-call list, and its calling hours hold (`closed_zones` are the zone groups outside
-        their window right now). Only after COMMIT returns may the create request be sent.
+        do-not-call list, and its calling hours hold. `closed_zones` (zone groups known to be
+        outside their window) only narrows the search; `closed_until(group)`, asked for the very
+        lead being claimed, is the rule: it returns when a closed group opens, None when open.
+        Only after COMMIT returns may the create request be sent.
         """
         with self.transaction() as conn:
             run = conn.execute(
@@ -405,9 +410,9 @@ class Store:
             ).fetchone()
             if run is None or run["status"] != RunStatus.RUNNING or run["owner_id"] != owner_id:
                 return None
-            if self._in_flight(conn, run["target"]) >= run["concurrency"]:
+            if self._in_flight(conn, run["target"]) >= self._limit(conn, run_id, run, now):
                 return None
-            job = self._next_job(conn, run_id, now, closed_zones, blocked)
+            job = self._next_job(conn, run_id, now, closed_zones, blocked, closed_until)
             if job is None:
                 return None
             token = uuid.uuid4().hex
@@ -436,12 +441,34 @@ class Store:
 
     @staticmethod
     def _in_flight(conn: sqlite3.Connection, target: str) -> int:
+        """Calls that may be live at Twilio through this account, across every run: one per lead
+        being dialled or called, and one per live candidate of a lead under review (a lost
+        response found twice is two calls, and both hold a line)."""
         row = conn.execute(
             f"SELECT count(*) FROM jobs j JOIN runs r ON r.id = j.run_id "
-            f"WHERE j.state IN {LIVE} AND r.target = ?",
+            f"LEFT JOIN calls c ON j.state = 'reviewing' AND c.job_id = j.id "
+            f"AND c.result = 'candidate' AND coalesce(c.twilio_status, '') NOT IN {TERMINAL} "
+            f"WHERE j.state IN {LIVE} AND r.target = ? "
+            f"AND (j.state != 'reviewing' OR c.id IS NOT NULL)",
             (target,),
         ).fetchone()
         return int(row[0])
+
+    @staticmethod
+    def _limit(conn: sqlite3.Connection, run_id: int, run: sqlite3.Row, now: float) -> int:
+        """The smallest N among the runs dialling through this account right now.
+
+        Each run's N is a promise about the account, so while several runs dial through one
+        account, the strictest holds for all. A run counts while it is driven (a fresh heartbeat)
+        or still has calls in flight; a crashed run with nothing in flight no longer does.
+        """
+        row = conn.execute(
+            f"SELECT min(concurrency) FROM runs r WHERE r.target = ? AND (r.id = ? OR "
+            f"(r.status IN ('running','stopping') AND (r.heartbeat_at >= ? OR EXISTS "
+            f"(SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state IN {LIVE}))))",
+            (run["target"], run_id, now - DRIVER_STALE_S),
+        ).fetchone()
+        return int(row[0] if row[0] is not None else run["concurrency"])
 
     @staticmethod
     def _next_job(
@@ -450,19 +477,27 @@ class Store:
         now: float,
         closed_zones: Collection[str],
         blocked: Callable[[str], str | None] | None,
+        closed_until: Callable[[str], float | None] | None = None,
     ) -> sqlite3.Row | None:
         closed = list(closed_zones)
         hours = f"AND coalesce(tz, '') NOT IN ({','.join('?' * len(closed))}) " if closed else ""
         while True:
             job = conn.execute(
-                f"SELECT id, e164, attempts, fields FROM jobs WHERE run_id=? AND state='queued' "
-                f"AND coalesce(next_at, 0) <= ? {hours}"
+                f"SELECT id, e164, attempts, fields, tz FROM jobs "
+                f"WHERE run_id=? AND state='queued' AND coalesce(next_at, 0) <= ? {hours}"
                 f"AND e164 NOT IN (SELECT e164 FROM jobs WHERE state IN {LIVE}) "
                 f"ORDER BY id LIMIT 1",
                 (run_id, now, *closed),
             ).fetchone()
             if job is None:
                 return None
+            opens = closed_until(job["tz"]) if closed_until and job["tz"] else None
+            if opens is not None:
+                conn.execute(
+                    "UPDATE jobs SET next_at=?, wait='hours', updated_at=? WHERE id=?",
+                    (opens, now, job["id"]),
+                )
+                continue
             reason = (
                 "do-not-call"
                 if conn.execute("SELECT 1 FROM dnc WHERE e164=?", (job["e164"],)).fetchone()
@@ -590,7 +625,7 @@ class Store:
         rows = self.read(
             f"SELECT j.id AS job_id, c.token, j.state AS job_state, c.result, c.call_sid AS sid, "
             f"c.to_number AS 'to', c.from_number, c.twilio_status, c.claimed_at, c.checks, "
-            f"j.name, j.next_at, j.attempts FROM jobs j JOIN calls c "
+            f"j.name, j.next_at, j.attempts, j.status_at FROM jobs j JOIN calls c "
             f"ON ((j.state != 'reviewing' AND c.token = j.token) "
             f"OR (j.state = 'reviewing' AND c.job_id = j.id AND c.result = 'candidate')) "
             f"WHERE j.run_id=? AND j.state IN {LIVE} ORDER BY c.id",
@@ -669,6 +704,25 @@ class Store:
             conn.execute(
                 "UPDATE jobs SET state='needs_review', outcome=?, updated_at=? WHERE id=?",
                 (Outcome.ANSWERED if answered else None, now, job_id),
+            )
+
+    def drop_candidate(self, call: LiveCall, message: str, now: float) -> None:
+        """A review candidate Twilio does not know: it no longer holds a line."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET result='vanished', error_message=?, ended_at=? "
+                "WHERE token=? AND result='candidate'",
+                (message, now, call.token),
+            )
+            self._settle_review(conn, call.job_id, now)
+
+    def note_call(self, token: str, message: str) -> None:
+        """Why the dialer itself ended a call (shown in `calls` and the report)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE calls SET error_message=? WHERE token=?", (message, token))
+            conn.execute(
+                "UPDATE jobs SET error_message=? WHERE token=? AND state='calling'",
+                (message, token),
             )
 
     def fail_call(self, call: LiveCall, message: str, now: float) -> None:

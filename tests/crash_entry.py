@@ -9,7 +9,8 @@ object are wrapped here so that the process SIGKILLs itself on the K-th pass ove
 - after_claim_commit: `Store.claim` returned a committed claim; the create was not sent.
 - after_create_sent:  the create request went out (and came back, or failed); SID not saved.
 - after_sid_saved:    `Store.save_sid` returned.
-- while_polling:      the K-th `fetch` of a call's status returned; the answer is not recorded.
+- while_polling:      the K-th `fetch` of a call's status, or `live` list poll (N > 3),
+                      returned; the answer is not recorded.
 - never:              no kill (drive the run to its end).
 
 Nothing in dialer_cli knows about this: no test switch lives in production code. Exit codes are
@@ -83,6 +84,12 @@ class CrashingCalls:
         info = self.inner.fetch(sid)
         self.kill("while_polling")
         return info
+
+    def live(self) -> dict[str, CallInfo]:
+        """The list poll of N > 3 calls in flight: a kill here loses a whole pass of answers."""
+        found = self.inner.live()
+        self.kill("while_polling")
+        return found
 
     def recent(self, to: str, from_: str, since: float) -> list[CallInfo]:
         return self.inner.recent(to, from_, since)

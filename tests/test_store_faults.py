@@ -389,9 +389,10 @@ def test_counts_equal_a_group_by_over_the_jobs_after_every_tick(tmp_path, clock)
 # Copied from store.py on purpose: test_the_copies_are_what_the_store_runs fails the moment the
 # store runs anything else, so these plans cannot go stale silently.
 LIVE = "('dialing','calling','reviewing')"
+TERMINAL = "('completed','busy','failed','no-answer','canceled')"
 NEXT_LEAD = (
-    "SELECT id, e164, attempts, fields FROM jobs WHERE run_id=? AND state='queued' "
-    "AND coalesce(next_at, 0) <= ? {hours}"
+    "SELECT id, e164, attempts, fields, tz FROM jobs "
+    "WHERE run_id=? AND state='queued' AND coalesce(next_at, 0) <= ? {hours}"
     f"AND e164 NOT IN (SELECT e164 FROM jobs WHERE state IN {LIVE}) "
     "ORDER BY id LIMIT 1"
 )
@@ -400,8 +401,17 @@ CLAIM_SQL = {
     "run": "SELECT status, owner_id, concurrency, target FROM runs WHERE id=?",
     "in flight": (
         "SELECT count(*) FROM jobs j JOIN runs r ON r.id = j.run_id "
-        f"WHERE j.state IN {LIVE} AND r.target = ?"
+        "LEFT JOIN calls c ON j.state = 'reviewing' AND c.job_id = j.id "
+        f"AND c.result = 'candidate' AND coalesce(c.twilio_status, '') NOT IN {TERMINAL} "
+        f"WHERE j.state IN {LIVE} AND r.target = ? "
+        "AND (j.state != 'reviewing' OR c.id IS NOT NULL)"
     ),
+    "smallest N": (
+        "SELECT min(concurrency) FROM runs r WHERE r.target = ? AND (r.id = ? OR "
+        "(r.status IN ('running','stopping') AND (r.heartbeat_at >= ? OR EXISTS "
+        f"(SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state IN {LIVE}))))"
+    ),
+    "outside hours": "UPDATE jobs SET next_at=?, wait='hours', updated_at=? WHERE id=?",
     "next lead": NEXT_LEAD.format(hours=""),
     "do not call": "SELECT 1 FROM dnc WHERE e164=?",
     "skip": (
@@ -452,6 +462,7 @@ def executed_sql(function: Callable[..., Any], **local: str) -> list[str]:
 
 def test_the_copies_are_what_the_store_runs():
     claim = [*executed_sql(Store.claim), *executed_sql(Store._in_flight)]
+    claim += executed_sql(Store._limit)
     claim += executed_sql(Store._next_job, hours="")
     assert sorted(claim) == sorted(CLAIM_SQL.values())
     assert CLOSED_ZONES in inspect.getsource(Store._next_job)
