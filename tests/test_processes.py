@@ -36,9 +36,9 @@ from tests.test_campaigns import campaign_config, crm
 from tests.test_crash import (
     KILLED,
     Campaign,
+    Plan,
     Proc,
     assert_promises_kept,
-    judge,
     make_campaign,
     number,
     simulator,
@@ -76,22 +76,35 @@ def dialled_once(sim: Simulator) -> None:
 
 
 def both_at_once(c: Campaign, *args: object) -> tuple[Proc, Proc]:
-    """Two identical `dialer ...` processes launched together; a deadline bounds the winner."""
+    """Two identical `dialer ...` processes launched together (a cron overlap)."""
     return c.dialer(*args), c.dialer(*args)
 
 
-def one_dials_the_other_is_busy(
-    c: Campaign, first: Proc, second: Proc, message: str
-) -> tuple[Proc, Proc]:
-    codes = {finished(first, 90): first, finished(second, 90): second}
-    assert sorted(codes) == [EXIT_STOPPED, EXIT_BUSY], "\n".join(p.tail() for p in codes.values())
-    loser = codes[EXIT_BUSY]
-    assert message in loser.err.read_text(), loser.tail()
+def unfinished_runs(c: Campaign) -> list[int]:
+    return [r["id"] for r in c.rows("SELECT id FROM runs WHERE status != 'completed'")]
+
+
+def one_dials_the_other_is_busy(c: Campaign, procs: tuple[Proc, Proc], runs_before: int) -> Proc:
+    """Let the starts race until the calls flow, stop every run they made (`dialer stop`), and
+    judge: one exits 4, the other (the only one that imported and dialled) exits 3; nobody was
+    dialled twice. Returns the loser."""
+    made = lambda: len(c.rows("SELECT id FROM runs")) - runs_before  # noqa: E731
+    wait_for(
+        lambda: len(c.sim.creates()) >= 6 and (made() > 1 or any(p.poll() for p in procs)),
+        timeout=90,
+        what="the starts to import and dial",
+    )
+    for run_id in unfinished_runs(c):
+        stop = c.dialer("stop", run_id, "--db", c.db)
+        assert finished(stop, 30) == 0, stop.tail()
+    codes = sorted(finished(p, 60) for p in procs)
+    assert codes == [EXIT_STOPPED, EXIT_BUSY], "\n".join(p.tail() for p in procs)
+    assert made() == 1, "one import"
+    assert c.db.exists(), "the loser must not remove the database the winner dials from"
     dialled_once(c.sim)
     assert c.sim.max_live() <= c.concurrency
-    assert [r["id"] for r in c.rows("SELECT id FROM runs")] == [1], "one run, one import"
-    assert c.sim.calls(), "the winner dials"
-    return codes[EXIT_STOPPED], loser
+    [loser] = [p for p in procs if p.popen.returncode == EXIT_BUSY]
+    return loser
 
 
 def many_leads(tmp_path: Path, sim: Simulator) -> Campaign:
@@ -108,40 +121,30 @@ def test_two_starts_of_one_csv_at_once_only_one_dials(tmp_path, rt_sim, database
         other = make_campaign(tmp_path / "other", rt_sim, 1, start=9000, imported=False)
         assert finished(c.dialer("start", other.csv, "--config", c.cfg, "--db", c.db), 60) == 0
     before = len(c.rows("SELECT id FROM runs"))
-    args = ("start", c.csv, "--config", c.cfg, "--db", c.db, "--yes", "--max-duration", "2s")
-    first, second = both_at_once(c, *args)
-    codes = sorted([finished(first, 90), finished(second, 90)])
-    procs = [first, second]
-    assert codes == [EXIT_STOPPED, EXIT_BUSY], "\n".join(p.tail() for p in procs)
-    [loser] = [p for p in procs if p.popen.returncode == EXIT_BUSY]
-    run_id = before + 1
-    assert f"already has an unfinished run {run_id}" in loser.err.read_text(), loser.tail()
-    mine = [x for x in rt_sim.calls() if x.to in set(c.numbers)]
-    assert mine and len({x.to for x in mine}) == len(mine), "each number dialled once"
-    assert len(c.rows("SELECT id FROM runs")) == before + 1, "one import"
-    assert c.db.exists(), "the loser must not remove the database the winner dials from"
+    procs = both_at_once(c, "start", c.csv, "--config", c.cfg, "--db", c.db, "--yes")
+    loser = one_dials_the_other_is_busy(c, procs, before)
+    expected = f"already has an unfinished run {before + 1} "
+    assert expected in loser.err.read_text(), loser.tail()
 
 
 @pytest.mark.parametrize("attempt", [1, 2])
 def test_two_starts_of_one_database_source_at_once_only_one_dials(tmp_path, rt_sim, attempt):
     c = many_leads(tmp_path, rt_sim)
     url = f"sqlite:///{crm(tmp_path / 'crm.db', ROWS)}"
-    first, second = both_at_once(
-        c, "start", url, "--table", "leads", "--config", c.cfg, "--db", c.db, "--max-duration",
-        "2s",
-    )  # fmt: skip
-    one_dials_the_other_is_busy(c, first, second, "already has an unfinished run 1")
+    procs = both_at_once(c, "start", url, "--table", "leads", "--config", c.cfg, "--db", c.db)
+    loser = one_dials_the_other_is_busy(c, procs, 0)
+    assert "already has an unfinished run 1 " in loser.err.read_text(), loser.tail()
 
 
 def test_two_campaign_starts_at_once_only_one_dials(tmp_path, rt_sim):
+    """Campaigns already had their lock; this proves it holds against a real race."""
     c = many_leads(tmp_path, rt_sim)
     cfg = campaign_config(tmp_path, rt_sim, f"sqlite:///{crm(tmp_path / 'crm.db', ROWS)}")
     c.concurrency = 2  # the campaign's own setting
-    first, second = both_at_once(
-        c, "start", "--campaign", "nightly", "--config", cfg, "--db", c.db, "--max-duration", "2s"
-    )
-    _, loser = one_dials_the_other_is_busy(c, first, second, "campaign nightly is already being")
+    procs = both_at_once(c, "start", "--campaign", "nightly", "--config", cfg, "--db", c.db)
+    loser = one_dials_the_other_is_busy(c, procs, 0)
     text = loser.err.read_text()
+    assert "campaign nightly is already being dialled by another process" in text, loser.tail()
     assert "(run" not in text or "(run 1)" in text, loser.tail()
 
 
@@ -247,7 +250,8 @@ def test_a_driver_on_another_host_is_judged_by_its_heartbeat(store):
 
 
 def test_the_run_lock_holds_whatever_the_spelling_of_the_database_path(tmp_path):
-    with simulator(number(0)) as sim:  # the first call lasts while we try the other spellings
+    long = Plan(frozenset({number(0)}), long_s=60.0)  # the driver is busy while we try
+    with Simulator(plan=long) as sim:
         c = make_campaign(tmp_path / "x", sim, 6)
         link = tmp_path / "link.db"
         link.symlink_to(c.db)
@@ -261,9 +265,10 @@ def test_the_run_lock_holds_whatever_the_spelling_of_the_database_path(tmp_path)
             assert c.owner_pid() == driver.pid
         assert driver.kill() == KILLED
         taker = c.dialer("resume", c.run_id, "--config", c.cfg, "--db", link)
-        assert finished(taker, 60) == 0, taker.tail()  # kill -9 freed the lock at once
-        verdict = judge(sim, c.status(), c.numbers, c.concurrency)
-        assert not verdict.problems, verdict.problems
+        wait_for(lambda: c.owner_pid() == taker.pid, what="a resume to take over after kill -9")
+        assert taker.kill() == KILLED
+        dialled_once(sim)
+        assert sim.max_live() <= c.concurrency
 
 
 def test_one_lock_file_per_database_however_many_runs(tmp_path):
