@@ -419,12 +419,20 @@ class Dialer:
     # -- endings ------------------------------------------------------------------------------
 
     def _finish_if_done(self, status: str, now: float, tick: Tick) -> None:
+        """End the run once nothing is in flight: completed, or stopped when asked to stop.
+
+        A run found neither `running` nor already `completed` was stopped behind this driver's
+        back (`stop` while it was stalled writes `stopping`, or `stopped` if it judged the
+        driver dead): it has dialled nothing since, and now exits instead of looping with the
+        lock held.
+        """
         in_flight, queued = self.store.pending(self.run_id)
         if in_flight:
             return
         due = self.store.next_due(self.run_id) if queued else None
         waiting = due is not None and due > now
-        if status == RunStatus.STOPPING or self.draining or (waiting and self.no_wait):
+        stopped = status not in (RunStatus.RUNNING, RunStatus.COMPLETED)
+        if stopped or self.draining or (waiting and self.no_wait):
             final = RunStatus.STOPPED
         elif not queued:
             final = RunStatus.COMPLETED

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dialer_cli import rules
 from dialer_cli.config import Settings
 from dialer_cli.errors import BusyError, InputError
-from dialer_cli.models import Lead, RunStatus
+from dialer_cli.models import Lead, Run, RunStatus
 from dialer_cli.runner import Target
 from dialer_cli.store import Store
 
@@ -42,13 +42,19 @@ def _plain(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_source(store: Store, source: LeadSource, target: Target, new: bool) -> None:
+    """A quick early answer (before the source is read) for a start that would be refused;
+    `import_run` makes the decision that counts, inside the transaction that creates the run."""
+    if not new:
+        refuse_rerun(store.latest_run(source_key=source.key, target=target.key), source, target)
+
+
+def refuse_rerun(latest: Run | None, source: LeadSource, target: Target) -> None:
     """One unfinished run per source and account: starting it again names the run to resume.
 
     A completed source is dialled again only with --new, except on the simulator, which
     reaches nobody (so the demo can be run again and again).
     """
-    latest = store.latest_run(source_key=source.key, target=target.key)
-    if latest is None or new:
+    if latest is None:
         return
     if latest.status == RunStatus.COMPLETED:
         if target.simulated:
@@ -70,11 +76,19 @@ def import_run(
     target: Target,
     now: float,
     campaign: str | None = None,
+    *,
+    new: bool = False,
 ) -> int:
     """Create the run from the source in one transaction, applying the rules known at import:
-    do-not-call lists, template checks, each lead's time zones for calling hours."""
+    do-not-call lists, template checks, each lead's time zones for calling hours.
+
+    Unless `new` (the user asked for a second run) or the run belongs to a campaign (whose
+    lock and `existing_campaign_run` decide), the same transaction first refuses a source
+    that already has a run (`refuse_rerun`): of two starts at once, exactly one imports.
+    """
     check_templates(settings, source.columns)
     skip = import_rules(store, settings, source.name, campaign, now)
+    guard = None if new or campaign is not None else lambda r: refuse_rerun(r, source, target)
     return store.create_run(
         source=source.name,
         source_key=source.key,
@@ -88,6 +102,7 @@ def import_run(
         campaign=campaign,
         skip=skip,
         zones=zones_rule(settings.dialing.calling_hours, settings.dialing.timezone),
+        guard=guard,
     )
 
 

@@ -1,27 +1,70 @@
-"""One driver per run: an OS file lock that dies with its process.
+"""One driver per run, one dialer per campaign: byte-range locks in ONE file beside the database.
 
-`kill -9` releases a flock at once, so a resume right after a crash takes over immediately,
-while a second live driver is refused at once. The database records who holds it (pid, host,
-heartbeat) for the message and for `status`; the lock itself is the authority.
+The locks are Linux open-file-description locks (`F_OFD_SETLK`): the OS releases them when their
+process dies (`kill -9` included), so a resume right after a crash takes over at once; they
+belong to the open file, not to the process, so a second open of the same file elsewhere in the
+process does not release them (as it would a POSIX `lockf`); and `F_OFD_GETLK` tells whether
+another holder exists without taking the lock, which is how `stop` and `status` know that a
+driver is alive even while it is stalled (SIGSTOP, one slow pass) and its heartbeat is old.
+
+The lock file is found from the database's real path, so every spelling of it (a symlink, a
+relative path, `./x/../x.db`) locks the same bytes. Each lock name (`run-7`, `campaign-nightly`)
+is one byte at an offset derived from the name, so one file serves every run and campaign and
+nothing piles up. The database records who holds a run (pid, host, heartbeat) for messages and
+for a driver on another host; on this host the lock itself is the authority.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import os
 import socket
+import struct
 from pathlib import Path
 
 from dialer_cli.errors import BusyError, StoreError
 from dialer_cli.models import Run
 
+FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid
+
+
+def lock_path(db_path: str | Path) -> Path:
+    """The one lock file of a database, named after its real path (symlinks resolved)."""
+    return Path(os.path.realpath(db_path) + ".lock")
+
+
+def _flock(kind: int, name: str) -> bytes:
+    """The one byte that stands for `name` (a 56-bit hash: collisions are not a concern)."""
+    offset = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "big")
+    return struct.pack(FLOCK, kind, os.SEEK_SET, offset, 1, 0)
+
+
+def is_locked(db_path: str | Path, name: str) -> bool:
+    """Whether some open file (another process, or another open in this one) holds the lock.
+
+    Reads only: the lock file is not created, and the lock is not taken even for an instant.
+    """
+    try:
+        fd = os.open(lock_path(db_path), os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # nobody has ever locked anything in this database
+    except OSError as exc:
+        raise StoreError(f"cannot read lock file {lock_path(db_path)}: {exc.strerror}") from None
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, name))
+    finally:
+        os.close(fd)
+    return struct.unpack(FLOCK, answer)[0] != fcntl.F_UNLCK
+
 
 class NamedLock:
-    """An exclusive lock beside the database, released by the OS when its process dies."""
+    """An exclusive lock on one name of a database, released by the OS when its process dies."""
 
-    def __init__(self, db_path: str, name: str):
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        self.path = Path(f"{db_path}.locks") / f"{safe}.lock"
+    def __init__(self, db_path: str | Path, name: str):
+        self.path = lock_path(db_path)
+        self.name = name
         self._fd: int | None = None
 
     def acquire(self, busy_message: str) -> None:
@@ -32,15 +75,17 @@ class NamedLock:
         except OSError as exc:
             raise StoreError(f"cannot create lock file {self.path}: {exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, self.name))
+        except OSError as exc:
             os.close(fd)
-            raise BusyError(busy_message) from None
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise BusyError(busy_message) from None
+            raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from None
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # closing the only descriptor of the open file drops its locks
             self._fd = None
 
     def __enter__(self) -> NamedLock:
@@ -50,11 +95,15 @@ class NamedLock:
         self.release()
 
 
+def run_lock_name(run_id: int) -> str:
+    return f"run-{run_id}"
+
+
 class RunLock(NamedLock):
     """The one-driver-per-run lock."""
 
-    def __init__(self, db_path: str, run_id: int):
-        super().__init__(db_path, f"run-{run_id}")
+    def __init__(self, db_path: str | Path, run_id: int):
+        super().__init__(db_path, run_lock_name(run_id))
         self.run_id = run_id
 
     def acquire_run(self, run: Run | None = None) -> None:
@@ -65,18 +114,19 @@ class RunLock(NamedLock):
         )
 
 
-def driver_alive(run: Run, now: float, stale_after: float = 60.0) -> bool:
-    """Whether some process is driving the run right now (for `status` and `stop`)."""
+def driver_alive(db_path: str | Path, run: Run, now: float, stale_after: float = 60.0) -> bool:
+    """Whether some process is driving the run right now (for `status` and `stop`).
+
+    The run's lock decides: a driver that is stalled (SIGSTOP, a pass slower than a minute)
+    still holds it and will still act on a stop. Only a driver recorded on another host, whose
+    lock this host may not see, is judged by the age of its heartbeat.
+    """
+    if is_locked(db_path, run_lock_name(run.id)):
+        return True
     if run.owner_pid is None or run.heartbeat_at is None:
         return False
-    if run.owner_host != socket.gethostname():
-        return now - run.heartbeat_at < stale_after
-    try:
-        os.kill(run.owner_pid, 0)
-    except ProcessLookupError:
+    if run.owner_host in (None, socket.gethostname()):
         return False
-    except PermissionError:
-        return True
     return now - run.heartbeat_at < stale_after
 
 

@@ -253,7 +253,7 @@ def snapshot(store: Store, run_id: int, now: float) -> dict[str, Any]:
     waits = store.waiting(run_id, now)
     retry = [waits[k] for k in ("retry", "throttle") if k in waits]
     hours = waits.get("hours", (0, None))
-    alive = lease.driver_alive(run_, now)
+    alive = lease.driver_alive(store.path, run_, now)
     status = run_.status
     if status in (RunStatus.RUNNING, RunStatus.STOPPING) and not alive:
         status = RunStatus.STOPPED  # its process is gone: resumable, not running
@@ -315,7 +315,7 @@ def stop(store: Store, run_id: int, *, cancel: bool, now: float) -> Run:
             return run_  # not driven, but calls are still live: the caller ends them
         raise InputError(f"run {run_id} is {run_.status}, not running; nothing to stop")
     return store.request_stop(
-        run_id, cancel=cancel, driver_alive=lease.driver_alive(run_, now), now=now
+        run_id, cancel=cancel, driver_alive=lease.driver_alive(store.path, run_, now), now=now
     )
 
 

@@ -235,13 +235,19 @@ class Store:
         campaign: str | None = None,
         skip: Callable[[Lead], tuple[str, str] | None] | None = None,
         zones: Callable[[Lead], str | None] | None = None,
+        guard: Callable[[Run | None], None] | None = None,
     ) -> int:
         """Import every lead and create the run in one transaction: all or nothing.
 
         `skip` may refuse a lead (do-not-call, a template it cannot fill: raise to abort);
         `zones` names the time zones whose calling hours the lead must be dialled within.
+        `guard` sees the latest run of the same source and target inside the transaction, before
+        anything is inserted, and raises to refuse: two starts of one source cannot both pass
+        it, since the second one's check waits for the first one's run to be committed.
         """
         with self.transaction() as conn:
+            if guard is not None:
+                guard(self.latest_run(target=target, source_key=source_key))
             cur = conn.execute(
                 "INSERT INTO runs (source, source_key, campaign, status, concurrency, target, "
                 "base_url, from_number, settings, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -32,7 +32,7 @@ from dialer_cli.cli.common import (
     settings_for,
 )
 from dialer_cli.config import Settings, default_db_path, load_settings
-from dialer_cli.errors import EXIT_STOPPED, DialerError, InputError
+from dialer_cli.errors import EXIT_STOPPED, BusyError, DialerError, InputError, StoreError
 from dialer_cli.models import RunStatus
 from dialer_cli.store import Store
 
@@ -243,13 +243,23 @@ def start(
                     intake.check_source(store, lead_source, target, new)
                 if run_id is None:
                     now = time.time()
-                    run_id = intake.import_run(store, lead_source, settings, target, now, campaign)
+                    run_id = intake.import_run(
+                        store, lead_source, settings, target, now, campaign, new=new
+                    )
             if resuming:
                 output.message(f"campaign {campaign}: resuming its unfinished run {run_id}")
                 output.log(f"campaign {campaign}: resuming its unfinished run {run_id}")
             else:
                 announce(store, run_id, output, target, yes)
-            drive_and_report(store, run_id, target, output, no_wait=no_wait, deadline=deadline)
+            drive_and_report(
+                store,
+                run_id,
+                target,
+                output,
+                concurrency=concurrency if resuming else None,  # a new run has it in its settings
+                no_wait=no_wait,
+                deadline=deadline,
+            )
 
 
 def announce(store: Store, run_id: int, output: Output, target: runner.Target, yes: bool) -> None:
@@ -275,9 +285,27 @@ def campaign_lock(db: Path | None, campaign: str | None) -> Iterator[None]:
         yield
         return
     path = Path(db or default_db_path())
-    with lease.NamedLock(str(path), f"campaign-{campaign}") as lock:
-        lock.acquire(f"campaign {campaign} is already being dialled by another process")
+    with lease.NamedLock(path, f"campaign-{campaign}") as lock:
+        try:
+            lock.acquire(f"campaign {campaign} is already being dialled by another process")
+        except BusyError as exc:
+            raise BusyError(f"{exc}{campaign_run_named(path, campaign)}") from None
         yield
+
+
+def campaign_run_named(path: Path, campaign: str) -> str:
+    """`(run N)` for the campaign's unfinished run, once the other process has committed it
+    (reading inside a write transaction waits for an import in progress to end)."""
+    if not path.exists():
+        return ""
+    store = Store.open(path)
+    try:
+        with store.transaction():
+            runs = [r for r in store.runs() if r.campaign == campaign]
+    finally:
+        store.close()
+    unfinished = [r.id for r in runs if r.status != RunStatus.COMPLETED]
+    return f" (run {unfinished[0]})" if unfinished else ""
 
 
 @contextmanager
@@ -285,16 +313,34 @@ def new_database_or_none(db: Path | None) -> Iterator[Store]:
     """Open the database; if this created it and the import then fails, remove it again, so
     bad input leaves the disk exactly as it was."""
     path = Path(db or default_db_path())
-    existed = path.exists()
-    store = open_store(path)
+    created = create_exclusively(path)
+    try:
+        store = open_store(path)
+    except BaseException:
+        if created:
+            path.unlink(missing_ok=True)
+        raise
     try:
         yield store
+    except (BusyError, StoreError):
+        raise  # it lost a race to another start: that one is dialling from this database
     except BaseException:
-        if not existed:
+        # Only the process that created the file removes it: another start may be using it.
+        if created:
             store.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         raise
+
+
+def create_exclusively(path: Path) -> bool:
+    """Create the database file if it does not exist; True only in the one process that did."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except OSError:
+        return False  # it exists (or cannot be created: open_store names the problem)
+    return True
 
 
 def show_dry_run(
