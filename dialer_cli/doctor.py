@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from dialer_cli import runner, sources
 from dialer_cli.config import Settings, default_config_path, load_settings
 from dialer_cli.errors import ConfigError, DialerError, TwilioFailure, redact
-from dialer_cli.store import SCHEMA_VERSION, Store
+from dialer_cli.store import SCHEMA_VERSION, Store, unwritable
 
 if TYPE_CHECKING:
     from dialer_cli.twilio_adapter import TwilioCalls
@@ -154,6 +154,8 @@ def _database_detail(path: Path) -> str:
 
 
 def _database_problem(path: Path, exc: BaseException) -> str:
+    if path.exists() and (why := unwritable(path)):
+        return f"{path} cannot be written: {why}"
     if isinstance(exc, DialerError):
         return str(exc)
     if isinstance(exc, OSError):
