@@ -236,9 +236,9 @@ def report_rows(store: Store, run_id: int, now: float | None = None) -> Iterator
 
 def _rows(store: Store, run_id: int, now: float) -> Iterator[dict[str, Any]]:
     after = 0
-    while jobs := store.read(
+    while jobs := store.read(  # NOT INDEXED: walk the rowid, no sort
         "SELECT id, fields, e164, state, outcome, skip_reason, skip_detail, attempts, next_at, "
-        "wait, call_sid, error_code, error_message FROM jobs NOT INDEXED "  # walk the rowid, no sort
+        "wait, call_sid, error_code, error_message FROM jobs NOT INDEXED "
         "WHERE run_id=? AND id>? ORDER BY id LIMIT ?",
         (run_id, after, PAGE),
     ):

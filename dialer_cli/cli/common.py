@@ -73,6 +73,7 @@ app = App(
     rich_markup_mode=None,
 )
 
+
 class _Console(Console):
     """A Rich console whose closed pipe reaches `guarded` (Rich's own handler exits 1)."""
 
@@ -89,6 +90,7 @@ PIPED_WIDTH = 1000  # piped tables are as wide as their contents: nothing cut to
 def table_console() -> Console:
     """On a terminal, tables fit its width; piped (a file, grep, less), nothing is cut."""
     return out if out.is_terminal else _Console(highlight=False, width=PIPED_WIDTH)
+
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", envvar="DIALER_DB", help="SQLite database file.")
