@@ -107,6 +107,17 @@ def _key(default: Any, check: Check, **kwargs: Any) -> Any:
     return field(default=default, metadata={"check": check}, **kwargs)
 
 
+_E164 = re.compile(r"\+[1-9]\d{6,14}")
+E164_EXAMPLE = "'+14155550100'"
+
+
+def _e164(value: Any) -> str:
+    """Checked on load, whatever the command: `from_number: hello` is wrong under --simulate too."""
+    if not _E164.fullmatch(_text(value)):
+        raise _Invalid(f"expected an E.164 number such as {E164_EXAMPLE}, got {_show(value)}")
+    return str(value)
+
+
 _URL = _rule("an http:// or https:// URL", lambda v: str(v).startswith(("http://", "https://")))
 _HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
 _OUTCOMES = _one_of("busy", "no-answer", "failed")
@@ -130,8 +141,8 @@ _PATH = _optional(lambda v: v if isinstance(v, Path) else Path(_text(v)).expandu
 class TwilioSettings:
     account_sid: str | None = _key(None, _optional(_text))
     auth_token: str | None = _key(None, _optional(_secret), repr=False)
-    from_number: str | None = _key(None, _optional(_text))
-    from_numbers: tuple[str, ...] = _key((), _list_of(_text, "phone numbers in quotes"))
+    from_number: str | None = _key(None, _optional(_e164))
+    from_numbers: tuple[str, ...] = _key((), _list_of(_e164, "E.164 numbers in quotes"))
     base_url: str = _key("https://api.twilio.com", _URL)
     http_timeout: float = _key(10.0, _over(0))
 
@@ -282,6 +293,31 @@ def require_credentials(settings: Settings) -> None:
             )
 
 
+def require_message(settings: Settings) -> None:
+    """A real call must say something the user chose: no built-in test message to real people."""
+    if not settings.call.twiml and not settings.call.url:
+        file = settings.path or default_config_path()
+        raise ConfigError(
+            f"missing call.twiml or call.url (what the called person hears); set one in {file}"
+        )
+
+
+TWILIO_DEFAULT_CONCURRENCY = 5  # the most any account allows before its limits are raised
+TWILIO_DEFAULT_CPS = 1  # creates per second; Twilio queues the rest
+
+
+def concurrency_warning(n: int) -> str | None:
+    """N above a Twilio account's default limits: say what will happen instead of N calls."""
+    if n <= TWILIO_DEFAULT_CONCURRENCY:
+        return None
+    return (
+        f"warning: concurrency {n} is above what a Twilio account allows by default "
+        f"({TWILIO_DEFAULT_CONCURRENCY} calls at once, {TWILIO_DEFAULT_CPS} new call a second: "
+        f"Twilio queues the creates and refuses calls over the limit with error 10004); "
+        f"lower dialing.concurrency unless your account's limits were raised"
+    )
+
+
 def describe(settings: Settings) -> list[tuple[str, str, str]]:
     """(key, value, source) rows for `config show`; the auth token is only ever "(set)"."""
     rows = []
@@ -353,6 +389,10 @@ def _read_yaml(path: Path) -> dict[Any, Any]:
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror}); check its permissions") from None
+    if not raw.strip():
+        raise ConfigError(
+            f"{path}: the file is empty; add settings (see config.example.yaml) or remove it"
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -450,5 +490,6 @@ def _apply(
         if isinstance(value, Path) and base is not None and not value.is_absolute():
             value = base / value  # relative to the config file, not to wherever dialer runs
         values[key], sources[key] = value, source
-        if key in _EXCLUSIVE and value is not None:
-            values[_EXCLUSIVE[key]], sources[_EXCLUSIVE[key]] = None, source
+        other = _EXCLUSIVE.get(key)
+        if other is not None and value is not None and values.get(other) is not None:
+            values[other], sources[other] = None, source  # this layer's choice unset a lower one

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from dialer_cli import runner, sources
 from dialer_cli.config import Settings, default_config_path, load_settings
-from dialer_cli.errors import ConfigError, DialerError, TwilioFailure
-from dialer_cli.store import SCHEMA_VERSION, Store
+from dialer_cli.errors import ConfigError, DialerError, TwilioFailure, redact
+from dialer_cli.store import SCHEMA_VERSION, Store, unwritable
 
 if TYPE_CHECKING:
     from dialer_cli.twilio_adapter import TwilioCalls
@@ -88,7 +88,7 @@ def run_checks(
     checks += check_twilio(settings, simulate)
     token = settings.twilio.auth_token
     if token:  # belt and braces: no detail may ever carry the token, whatever a server echoed
-        checks = [Check(c.name, c.ok, c.detail.replace(token, "***")) for c in checks]
+        checks = [Check(c.name, c.ok, redact(c.detail, token)) for c in checks]
     return checks
 
 
@@ -154,6 +154,8 @@ def _database_detail(path: Path) -> str:
 
 
 def _database_problem(path: Path, exc: BaseException) -> str:
+    if path.exists() and (why := unwritable(path)):
+        return f"{path} cannot be written: {why}"
     if isinstance(exc, DialerError):
         return str(exc)
     if isinstance(exc, OSError):

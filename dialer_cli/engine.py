@@ -450,7 +450,9 @@ class Dialer:
 
     def _fail_run(self, message: str, now: float) -> None:
         self.store.set_status(self.run_id, RunStatus.FAILED, now, message, self.owner_id)
-        raise AccountError(f"run {self.run_id} failed: {message}; fix it, then dialer resume")
+        raise AccountError(
+            f"run {self.run_id} failed: {message}; fix it, then `dialer resume {self.run_id}`"
+        )
 
     def _backoff(self, key: str, retry_after: float | None) -> float:
         """Exponential back-off with full jitter, or what Twilio asked for."""

@@ -6,6 +6,7 @@ usage, 3 stopped before done, 4 busy, 130 interrupted twice.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -14,6 +15,7 @@ EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
 EXIT_BUSY = 4
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` reports when its reader goes away
 
 
 class DialerError(Exception):
@@ -68,3 +70,11 @@ class TwilioFailure(Exception):
     def __str__(self) -> str:
         code = f" (Twilio error {self.code})" if self.code else ""
         return f"{self.message}{code}"
+
+
+def redact(text: str, secret: str, mask: str = "***") -> str:
+    """Mask `secret` where it stands as a value, never inside another word: with a token `x`,
+    "expected" stays "expected", while "token x;" and "x@host" lose it."""
+    if not secret:
+        return text
+    return re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", lambda _: mask, text)

@@ -97,7 +97,7 @@ def import_run(
         base_url=None if target.simulated else target.base_url,
         from_number=target.from_number,
         concurrency=settings.dialing.concurrency,
-        settings=run_settings(settings),
+        settings=run_settings(settings) | ({"sim_speed": target.speed} if target.simulated else {}),
         now=now,
         campaign=campaign,
         skip=skip,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import unicodedata
 from collections.abc import Callable
@@ -42,6 +43,11 @@ IN_FLIGHT_ROWS = 12
 WIDE = 118  # the calls table shows whole SIDs and the run from this width on
 HIDDEN_DIGITS = re.compile(r"\d(?=\D*\d\D*\d)")  # every digit but the last two
 BIDI_CONTROLS = frozenset("LRE RLE LRO RLO PDF LRI RLI FSI PDI".split())
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 row`, `2 rows`: counts in messages read as English."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def stamp(ts: float) -> str:
@@ -97,6 +103,11 @@ class _PlainView:
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    def stopping(self, notice: str) -> None:
+        """A stop was asked (Ctrl-C): say so on stderr, where progress goes."""
+        sys.stderr.write(notice + "\n")
+        sys.stderr.flush()
+
     def close(self) -> None:
         pass
 
@@ -137,14 +148,26 @@ class LiveView:
         self.live = Live(console=console, auto_refresh=False, transient=False)
         self.live.start()
         self._drawn = 0.0
+        self.notice: str | None = None
 
     def on_event(self, event: Event) -> None:
         self.refresh()
 
+    def stopping(self, notice: str) -> None:
+        """Called from a signal handler, so it only records: printing there could cut into a
+        redraw half-way (a stray header line). The next redraw, within 0.25 s, shows the run as
+        stopping and the notice inside the panel."""
+        self.notice, self._drawn = notice, 0.0
+
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._drawn >= 0.5:
-            self.live.update(run_panel(self.load(), mask=self.mask), refresh=True)
+            data = self.load()
+            if self.notice is not None:
+                data["notice"] = self.notice
+                if data["status"]["status"] == "running":
+                    data["status"] = {**data["status"], "status": "stopping"}
+            self.live.update(run_panel(data, mask=self.mask), refresh=True)
             self._drawn = now
 
     def sleep(self, seconds: float) -> None:
@@ -228,6 +251,8 @@ def run_panel(view: dict[str, Any], mask: bool = False) -> RenderableType:
     """The live status: timing and ETA, progress, counters, calls in flight, last calls ended."""
     snap = view["status"]
     parts: list[RenderableType] = [_timing(view), _progress(snap), _counters(snap)]
+    if view.get("notice"):
+        parts.append(Text(view["notice"], style="yellow"))
     if snap.get("error"):
         parts.append(Text(f"error: {snap['error']}", style="red"))
     number = mask_number if mask else (lambda n: n or "")
@@ -307,24 +332,51 @@ def _percent(part: float | None, whole: float = 1.0) -> str:
 # -- one-shot tables -----------------------------------------------------------------------------
 
 
+# The seed's JSON counters, named in the views for what they count: `failed` there is every
+# lead whose call was not answered, while Twilio's `failed` outcome is one of those outcomes.
+STATUS_LABELS = {"in_progress": "in flight", "completed": "answered", "failed": "not answered"}
+
+
 def status_table(snap: dict[str, Any]) -> Table:
     table = Table(title=f"run {snap['run_id']}", show_header=False, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value")
     for key in ("status", "source", *COUNTERS, "total_leads", *WAITS, "concurrency"):
-        table.add_row(key.replace("_", " "), str(snap.get(key, 0)))
+        value = str(snap.get(key, 0))
+        if key == "failed" and (why := _not_answered(snap["outcomes"])):
+            value += f" ({why})"
+        table.add_row(STATUS_LABELS.get(key, key.replace("_", " ")), value)
     outcomes = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in snap["outcomes"].items() if v)
     table.add_row("outcomes", outcomes or "none yet")
     if snap.get("skipped_reasons"):
         reasons = ", ".join(f"{k} {v}" for k, v in snap["skipped_reasons"].items())
         table.add_row("skipped for", reasons)
-    for key, value in (snap.get("stats") or {}).items():
-        if value is not None:
-            table.add_row(key.replace("_", " "), _stat(key, value))
+    stats = {k: v for k, v in (snap.get("stats") or {}).items() if v is not None}
+    shown = _whole_percents({k: v for k, v in stats.items() if k.endswith("_rate")})
+    for key, value in stats.items():
+        table.add_row(key.replace("_", " "), shown.get(key) or _stat(key, value))
     for key in ("created_at", "started_at", "finished_at", "error"):
         if snap.get(key):
             table.add_row(key.replace("_", " "), str(snap[key]))
     return table
+
+
+def _not_answered(outcomes: dict[str, int]) -> str:
+    """What the not-answered counter is made of: `busy 3, no-answer 5`."""
+    return ", ".join(
+        f"{k.replace('_', '-')} {v}" for k, v in outcomes.items() if v and k != "answered"
+    )
+
+
+def _whole_percents(rates: dict[str, float]) -> dict[str, str]:
+    """Rates that share a denominator, as whole percents that add up as the fractions do (largest
+    remainder): 10/18, 3/18, 5/18 show 55%, 17%, 28% — never 101% between them."""
+    total = round(100 * sum(rates.values()))
+    floors = {k: int(100 * v) for k, v in rates.items()}
+    by_remainder = sorted(rates, key=lambda k: 100 * rates[k] - floors[k], reverse=True)
+    for key in by_remainder[: max(total - sum(floors.values()), 0)]:
+        floors[key] += 1
+    return {k: f"{v}%" for k, v in floors.items()}
 
 
 def _stat(key: str, value: float) -> str:
@@ -340,13 +392,21 @@ def answer_rate(snap: dict[str, Any]) -> float | None:
     return snap["outcomes"]["answered"] / placed if placed else None
 
 
+def _answer_percent(snap: dict[str, Any]) -> str:
+    """The answer rate as `status` shows it beside the other rates (the same whole percent)."""
+    rates = {k: v for k, v in (snap.get("stats") or {}).items() if k.endswith("_rate")}
+    if rates.get("answer_rate") is not None:
+        return _whole_percents({k: v for k, v in rates.items() if v is not None})["answer_rate"]
+    return _percent(answer_rate(snap))
+
+
 def runs_table(runs: list[dict[str, Any]]) -> RenderableType:
     """One line per run; the campaign (or source) gets the width the other columns leave."""
     return _Fit(lambda width: _runs_table(runs, width))
 
 
 def _runs_table(runs: list[dict[str, Any]], width: int) -> Table:
-    header = ("run", "campaign", "created", "status", "progress", "answer rate")
+    header = ("run", "campaign/source", "created", "status", "progress", "answered")
     rows = [header] + [
         (
             str(snap["run_id"]),
@@ -354,12 +414,12 @@ def _runs_table(runs: list[dict[str, Any]], width: int) -> Table:
             (snap["created_at"] or "")[:16].replace("T", " "),
             snap["status"],
             f"{_done(snap)}/{snap['total_leads']} {_percent(_done(snap), snap['total_leads'])}",
-            _percent(answer_rate(snap)),
+            _answer_percent(snap),
         )
         for snap in runs
     ]
     others = sum(max(cell_len(row[i]) for row in rows) for i in (0, 2, 3, 4, 5))
-    name_width = max(width - others - 3 * len(header) + 1, 8)  # padding and separators
+    name_width = max(width - others - 3 * len(header) + 1, cell_len(header[1]))  # padding, rules
     table = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     for i, column in enumerate(header):
         table.add_column(column, no_wrap=True, justify="right" if i in (0, 5) else "left")
@@ -397,7 +457,7 @@ def _calls_table(page: dict[str, Any], mask: bool, wide: bool) -> Table:
         ]
         table.add_row(*(row if wide else row[:1] + row[2:]))
     more = f" · next: --page {page['page'] + 1}" if page["page"] < pages else ""
-    table.caption = f"{page['total']} calls · page {page['page']} of {pages}{more}"
+    table.caption = f"{plural(page['total'], 'call')} · page {page['page']} of {pages}{more}"
     table.caption_justify = "left"
     return table
 
@@ -422,6 +482,6 @@ def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:
     took = f" in {seconds:.0f}s" if seconds is not None else ""
     left = f"; {snap['queued']} still queued" if snap["queued"] else ""
     return (
-        f"run {snap['run_id']} {snap['status']}{took}: {snap['total_leads']} leads"
+        f"run {snap['run_id']} {snap['status']}{took}: {plural(snap['total_leads'], 'lead')}"
         f"{': ' + outcomes if outcomes else ''}{left}{skipped}"
     )

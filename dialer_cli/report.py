@@ -196,9 +196,15 @@ def stats(store: Store, run_id: int, now: float) -> dict[str, Any]:
         "mean_talk_s": round(talk / timed, 1) if timed else None,
         "median_talk_s": _median_talk(store, run_id, timed),
         "talk_minutes": round(talk / 60, 2),
-        "calls_per_hour": round(placed / hours, 1) if hours else None,
+        "calls_per_hour": round(placed / (hours * _speed(run_)), 1) if hours else None,
         "utilisation": round(min(sum(r["held"] for r in rows) / slots, 1.0), 3) if slots else None,
     }
+
+
+def _speed(run_: Run) -> float:
+    """How much faster than ours a simulated run's clock ran: its talk times are simulated
+    seconds, so its calls per hour are counted in simulated hours too (never a mix)."""
+    return float(run_.settings.get("sim_speed") or 1.0) if run_.simulated else 1.0
 
 
 def _median_talk(store: Store, run_id: int, n: int) -> float | None:
@@ -230,9 +236,9 @@ def report_rows(store: Store, run_id: int, now: float | None = None) -> Iterator
 
 def _rows(store: Store, run_id: int, now: float) -> Iterator[dict[str, Any]]:
     after = 0
-    while jobs := store.read(
-        "SELECT id, fields, e164, state, outcome, skip_reason, attempts, next_at, wait, "
-        "call_sid, error_code, error_message FROM jobs NOT INDEXED "  # walk the rowid, no sort
+    while jobs := store.read(  # NOT INDEXED: walk the rowid, no sort
+        "SELECT id, fields, e164, state, outcome, skip_reason, skip_detail, attempts, next_at, "
+        "wait, call_sid, error_code, error_message FROM jobs NOT INDEXED "
         "WHERE run_id=? AND id>? ORDER BY id LIMIT ?",
         (run_id, after, PAGE),
     ):
@@ -262,7 +268,7 @@ def _report_row(job: sqlite3.Row, calls: list[sqlite3.Row], now: float) -> dict[
     fields: dict[str, Any] = json.loads(job["fields"])
     row = {_lead_key(k, fields): v for k, v in fields.items()}
     row.update(
-        e164=job["e164"] or "",
+        e164=job["e164"] or _duplicated(job),
         outcome=lead_outcome(dict(job), now),
         attempts=job["attempts"],
         call_sid=last["call_sid"] if last else job["call_sid"],
@@ -275,6 +281,13 @@ def _report_row(job: sqlite3.Row, calls: list[sqlite3.Row], now: float) -> dict[
         last_attempt_at=runner.iso(max(claims)) if claims else None,
     )
     return row
+
+
+def _duplicated(job: sqlite3.Row) -> str:
+    """A duplicate row has no number of its own to dial; show the one it repeats."""
+    if job["skip_reason"] == "duplicate" and job["skip_detail"]:
+        return str(job["skip_detail"]).split(" ", 1)[0]
+    return ""
 
 
 def _error(job: sqlite3.Row, calls: list[sqlite3.Row], key: str) -> Any:

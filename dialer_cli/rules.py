@@ -214,6 +214,11 @@ def check_twiml_length(twiml: str, line: int, source: str) -> None:
 
 def read_numbers(path: Path, region: str) -> set[str]:
     """Numbers from a file, one per line or in CSV columns, in any format phonenumbers reads."""
+    return scan_numbers(path, region)[0]
+
+
+def scan_numbers(path: Path, region: str) -> tuple[set[str], list[int]]:
+    """The numbers in a file, and the lines holding none (a header of words is not one)."""
     from dialer_cli.leads import normalize
 
     try:
@@ -222,13 +227,16 @@ def read_numbers(path: Path, region: str) -> set[str]:
         raise InputError(f"{path}: cannot read the do-not-call list ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: the do-not-call list is not UTF-8 text") from None
-    numbers = set()
-    for line in text.splitlines():
-        for cell in line.replace(";", ",").split(","):
-            e164, _, _ = normalize(cell.strip().strip('"'), region) if cell.strip() else (None,) * 3
-            if e164:
-                numbers.add(e164)
-    return numbers
+    numbers: set[str] = set()
+    unusable = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        cells = [c.strip().strip('"') for c in line.replace(";", ",").split(",")]
+        found = {e164 for c in cells if c and (e164 := normalize(c, region)[0])}
+        numbers |= found
+        header = number == 1 and not any(ch.isdigit() for ch in line)
+        if not found and line.strip() and not header:
+            unusable.append(number)
+    return numbers, unusable
 
 
 class DncFile:

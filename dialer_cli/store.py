@@ -8,6 +8,7 @@ calls in flight and takes the next lead in one `BEGIN IMMEDIATE`, and it is comm
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -131,6 +132,18 @@ def _explain(exc: sqlite3.Error, path: str) -> str:
     return f"database {path}: {text}"
 
 
+def unwritable(path: str | Path) -> str | None:
+    """Why the database cannot be written, in the words a user acts on; None if it can be."""
+    folder = Path(path).resolve().parent
+    if not os.access(folder, os.W_OK):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only file system"
+        return f"no write permission on its folder {folder}"
+    if Path(path).exists() and not os.access(path, os.W_OK):
+        return "no write permission on the file"
+    return None
+
+
 class Store:
     """All reads and writes of dialer state. Returns models, never cursors."""
 
@@ -152,20 +165,40 @@ class Store:
             if readonly:
                 if not Path(path).exists():
                     raise InputError(f"no database at {path}; start a run first or pass --db")
-                conn = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, timeout=timeout, isolation_level=None
-                )
+                store = cls._open_readonly(path, timeout)
             else:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            store = cls(conn, path)
-            store._prepare(readonly)
+                conn.row_factory = sqlite3.Row
+                store = cls(conn, path)
+                store._prepare(readonly)
         except sqlite3.Error as exc:
+            why = None if readonly else unwritable(path)
+            if why:
+                raise StoreError(f"database {path} cannot be written: {why}") from None
             raise StoreError(_explain(exc, path)) from None
         except OSError as exc:
             raise StoreError(f"cannot open database {path}: {exc.strerror}") from None
         return store
+
+    @classmethod
+    def _open_readonly(cls, path: str, timeout: float) -> Store:
+        """Read without writing anything, even beside the file. A WAL database needs its -shm
+        file, which a read-only folder cannot get: with no -wal file either, every change is in
+        the database file itself, so it is read as immutable (no -shm, no locks)."""
+        uri = Path(path).resolve().as_uri()
+        for mode in ("mode=ro", "immutable=1"):
+            conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=timeout, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            store = cls(conn, path)
+            try:
+                store._prepare(readonly=True)
+                return store
+            except sqlite3.OperationalError:
+                conn.close()
+                if not unwritable(path) or Path(f"{path}-wal").exists():
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _prepare(self, readonly: bool) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]

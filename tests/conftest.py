@@ -160,7 +160,12 @@ def harness(store: Store, calls: TwilioCalls, clock: FakeClock) -> Callable[...,
     return make
 
 
-def write_config(path: Path, sim: Simulator, **dialing: object) -> Path:
+TWIML = "<Response><Say>Hello from the tests.</Say></Response>"
+
+
+def write_config(path: Path, sim: Simulator, twiml: str = TWIML, **dialing: object) -> Path:
+    """A config for real (non-simulated) runs against `sim`; `dialing:` comes last, so a test
+    may append keys to it."""
     extra = "".join(f"  {k}: {v}\n" for k, v in dialing.items())
     path.write_text(
         textwrap.dedent(
@@ -171,6 +176,8 @@ def write_config(path: Path, sim: Simulator, **dialing: object) -> Path:
               from_number: "{FROM}"
               base_url: {sim.url}
               http_timeout: 5
+            call:
+              twiml: "{twiml}"
             dialing:
             """
         )

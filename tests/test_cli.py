@@ -338,32 +338,16 @@ def test_a_second_ctrl_c_exits_130_and_leaves_the_run_resumable(tmp_path):
         assert len(sim.calls()) == 2
 
 
-def test_confirmation_on_a_terminal_declined_dials_nobody(tmp_path, live_sim):
-    cfg = write_config(tmp_path / "c.yaml", live_sim)
-    db = tmp_path / "d.db"
-    csv = leads_csv(tmp_path / "l.csv", 3)
+def on_a_terminal(args: list[str], answer: bytes) -> tuple[bytes, int]:
+    """Run dialer with stdin, stdout and stderr on a pty; answer its [y/N] prompt."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdin, stdout and stderr are the terminal
-        os.execv(
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "dialer_cli",
-                "start",
-                str(csv),
-                "--config",
-                str(cfg),
-                "--db",
-                str(db),
-            ],
-        )
+        os.execv(sys.executable, [sys.executable, "-m", "dialer_cli", *args])
     screen = b""
     deadline = time.monotonic() + 20
     while b"[y/N]" not in screen and time.monotonic() < deadline:
         screen += os.read(fd, 4096)
-    assert b"Dial 3 leads from +15005550006 through account AC0000" in screen
-    os.write(fd, b"n\n")
+    os.write(fd, answer)
     while True:
         try:
             chunk = os.read(fd, 4096)
@@ -373,10 +357,36 @@ def test_confirmation_on_a_terminal_declined_dials_nobody(tmp_path, live_sim):
             break
         screen += chunk
     _, code = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(code) == 1
-    assert b"nothing was dialled" in screen
+    return screen, os.waitstatus_to_exitcode(code)
+
+
+def test_confirmation_on_a_terminal_declined_dials_nobody_and_writes_nothing(tmp_path, live_sim):
+    cfg = write_config(tmp_path / "c.yaml", live_sim)
+    db = tmp_path / "d.db"
+    csv = leads_csv(tmp_path / "l.csv", 3)
+    screen, code = on_a_terminal(["start", str(csv), "--config", str(cfg), "--db", str(db)], b"n\n")
+    assert b"Each call says: <Response><Say>Hello from the tests." in screen
+    assert b"Dial 3 leads from +15005550006 through account AC0000" in screen
+    assert code == 0  # the user chose; nothing failed
+    after = screen.split(b"[y/N]", 1)[1].decode().split()
+    assert " ".join(after) == ": n not confirmed: nothing was saved and nobody was called"
+    assert b"run 1" not in screen  # no run id for a run that does not exist
     assert not live_sim.creates()
-    assert json.loads(invoke("runs", "--json", "--db", db).stdout) == []
+    assert not db.exists()  # the database this start created is gone again
+
+
+def test_declined_on_an_existing_database_leaves_it_as_it_was(tmp_path, live_sim):
+    cfg = write_config(tmp_path / "c.yaml", live_sim, poll_interval=0.02)
+    db = tmp_path / "d.db"
+    assert (
+        invoke("start", leads_csv(tmp_path / "a.csv", 1), "--config", cfg, "--db", db).exit_code
+        == 0
+    )
+    before, calls = dump(db), len(live_sim.creates())
+    csv = leads_csv(tmp_path / "b.csv", 2, start=200)
+    screen, code = on_a_terminal(["start", str(csv), "--config", str(cfg), "--db", str(db)], b"n\n")
+    assert code == 0 and b"nothing was saved" in screen
+    assert dump(db) == before and len(live_sim.creates()) == calls
 
 
 def test_resume_refuses_another_accounts_credentials(tmp_path, live_sim, monkeypatch):

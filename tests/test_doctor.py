@@ -187,6 +187,25 @@ def test_wrong_token(tmp_path: Path, sim: Simulator, crm: Path) -> None:
     }
 
 
+@pytest.mark.parametrize("token", ["x", "tok", "he"])
+def test_a_short_token_is_masked_as_a_value_never_inside_words(
+    tmp_path: Path, sim: Simulator, crm: Path, token: str
+) -> None:
+    config = write_config(tmp_path, sim, crm, auth_token=token, account_sid="ACnope")
+    problem = failed(doctor.diagnose(config_path=config, env={}, db_path=tmp_path / "d.db"))
+    assert "expected 'AC' and 32 hex digits" in problem["twilio"]
+    assert "***" not in problem["twilio"]
+    config = write_config(tmp_path, sim, crm, auth_token=token)
+    problem = failed(doctor.diagnose(config_path=config, env={}, db_path=tmp_path / "d.db"))
+    assert "check twilio.account_sid and the token (from file" in problem["twilio"]
+
+
+def test_the_token_is_masked_where_it_stands_as_a_value() -> None:
+    from dialer_cli.errors import redact
+
+    assert redact("Bearer x; expected x@host", "x") == "Bearer ***; expected ***@host"
+
+
 def test_missing_credentials(tmp_path: Path, sim: Simulator, crm: Path) -> None:
     checks = diagnose(write_config(tmp_path, sim, crm, auth_token=""), tmp_path / "d.db")
     assert failed(checks)["twilio"].startswith("missing twilio.auth_token; set TWILIO_AUTH_TOKEN")

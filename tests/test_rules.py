@@ -208,10 +208,7 @@ def test_url_templates_are_url_encoded():
 
 
 def test_a_template_naming_a_missing_column_fails_before_anything_is_written(tmp_path, sim):
-    cfg = write_config(tmp_path / "c.yaml", sim)
-    cfg.write_text(
-        cfg.read_text() + 'call:\n  twiml: "<Response><Say>{nickname}</Say></Response>"\n'
-    )
+    cfg = write_config(tmp_path / "c.yaml", sim, twiml="<Response><Say>{nickname}</Say></Response>")
     db = tmp_path / "d.db"
     result = cli.invoke(
         app, ["start", str(leads_csv(tmp_path / "l.csv", 2)), "--config", str(cfg), "--db", str(db)]
@@ -221,8 +218,7 @@ def test_a_template_naming_a_missing_column_fails_before_anything_is_written(tmp
 
 
 def test_filled_twiml_over_4000_characters_names_the_line(tmp_path, sim):
-    cfg = write_config(tmp_path / "c.yaml", sim)
-    cfg.write_text(cfg.read_text() + 'call:\n  twiml: "<Response><Say>{name}</Say></Response>"\n')
+    cfg = write_config(tmp_path / "c.yaml", sim, twiml="<Response><Say>{name}</Say></Response>")
     csv = tmp_path / "l.csv"
     csv.write_text(f"name,phone\nA,{NY}\n{'x' * 4000},{LA}\n")
     db = tmp_path / "d.db"

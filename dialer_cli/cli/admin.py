@@ -13,6 +13,7 @@ import typer
 
 from dialer_cli import runner
 from dialer_cli.cli.common import (
+    App,
     ConfigOption,
     DbOption,
     JsonOption,
@@ -20,15 +21,15 @@ from dialer_cli.cli.common import (
     err,
     guarded,
     open_store,
-    out,
     settings_for,
 )
 from dialer_cli.config import default_config_path, default_db_path, describe
 from dialer_cli.errors import InputError
+from dialer_cli.render import plural
 
-config_app = typer.Typer(no_args_is_help=True, help="Show the configuration and where it lives.")
-db_app = typer.Typer(no_args_is_help=True, help="Where the database lives.")
-dnc_app = typer.Typer(no_args_is_help=True, help="The do-not-call list kept in the database.")
+config_app = App(no_args_is_help=True, help="Show the configuration and where it lives.")
+db_app = App(no_args_is_help=True, help="Where the database lives.")
+dnc_app = App(no_args_is_help=True, help="The do-not-call list kept in the database.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(dnc_app, name="dnc")
@@ -38,8 +39,12 @@ app.add_typer(dnc_app, name="dnc")
 @guarded
 def simulator(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = any free one).")] = 0,
-    speed: Annotated[float, typer.Option("--speed", min=0.1)] = 1.0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0.1, help="Simulated time runs this much faster.")
+    ] = 1.0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the outcomes (answered, busy, …).")
+    ] = 0,
 ) -> None:
     """Serve the built-in Twilio simulator on 127.0.0.1 for manual testing.
 
@@ -65,7 +70,7 @@ def config_show(config: ConfigOption = None) -> None:
     Example: dialer config show
     """
     for key, value, source in describe(settings_for(config)):
-        out.print(f"{key} = {value}  [{source}]", markup=False)
+        print(f"{key} = {value}  [{source}]")  # never wrapped: piped, a value stays on its line
 
 
 @config_app.command("path")
@@ -157,11 +162,19 @@ def dnc_import(
 
     Example: dialer dnc import opt-outs.csv
     """
-    from dialer_cli.rules import read_numbers
+    from dialer_cli.rules import scan_numbers
 
-    numbers = read_numbers(file, settings_for(config).leads.default_region)
+    numbers, unusable = scan_numbers(file, settings_for(config).leads.default_region)
     added = open_store(db).dnc_add(sorted(numbers), str(file), time.time())
-    err.print(f"{added} of {len(numbers)} numbers from {file} added to the do-not-call list")
+    skipped = ""
+    if unusable:
+        lines = ", ".join(map(str, unusable[:5])) + (", …" if len(unusable) > 5 else "")
+        skipped = f"; skipped {plural(len(unusable), 'line')} without a valid number (line {lines})"
+    err.print(
+        f"{added} of {plural(len(numbers), 'number')} from {file} added to the do-not-call list"
+        f"{skipped}",
+        markup=False,
+    )
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from dialer_cli.cli.common import (
     ConcurrencyOption,
     ConfigOption,
     DbOption,
+    F,
     Interrupts,
     JsonOption,
     MaskOption,
@@ -27,12 +29,19 @@ from dialer_cli.cli.common import (
     app,
     err,
     guarded,
+    one_line,
     open_store,
     out,
     settings_for,
 )
-from dialer_cli.config import Settings, default_db_path, load_settings
-from dialer_cli.errors import EXIT_STOPPED, BusyError, DialerError, InputError, StoreError
+from dialer_cli.config import (
+    Settings,
+    concurrency_warning,
+    default_db_path,
+    load_settings,
+    require_message,
+)
+from dialer_cli.errors import EXIT_STOPPED, BusyError, InputError, StoreError
 from dialer_cli.models import RunStatus
 from dialer_cli.store import Store
 
@@ -81,8 +90,14 @@ class Tee:
     def sleep(self, seconds: float) -> None:
         self.shown.sleep(seconds)
 
+    def stopping(self, notice: str) -> None:
+        self.shown.stopping(notice)
+
     def close(self) -> None:
         self.shown.close()
+
+
+STOPPING = "stopping: no new calls; waiting for calls in flight (Ctrl-C again to quit now)"
 
 
 def drive_and_report(
@@ -99,10 +114,7 @@ def drive_and_report(
     view = output.view(store, run_id)
     started = time.time()
 
-    def notice() -> None:
-        err.print("stopping: no new calls; waiting for calls in flight (Ctrl-C again to quit now)")
-
-    interrupts = Interrupts(notice)
+    interrupts = Interrupts(lambda: view.stopping(STOPPING))
     try:
         with interrupts.installed():
             status = runner.drive(
@@ -116,9 +128,6 @@ def drive_and_report(
                 no_wait=no_wait,
                 deadline=deadline,
             )
-    except DialerError as exc:
-        output.log(f"error: {exc}")
-        raise
     finally:
         view.close()
     snap = runner.snapshot(store, run_id, time.time())
@@ -133,16 +142,51 @@ def drive_and_report(
         raise typer.Exit(EXIT_STOPPED)
 
 
-def confirm(count: int, target: runner.Target, yes: bool) -> None:
+def confirm(count: int, target: runner.Target, yes: bool, says: str) -> bool:
     """Ask before dialling real people from a terminal; cron (no terminal) is never asked."""
     if yes or target.simulated or not sys.stdin.isatty():
-        return
+        return True
     question = (
-        f"Dial {count} leads from {target.from_number} through account "
+        f"Each call says: {says}\n"
+        f"Dial {render.plural(count, 'lead')} from {target.from_number} through account "
         f"{runner.short_sid(target.account_sid)}?"
     )
-    if not typer.confirm(question, default=False, err=True):
-        raise DialerError("not confirmed; nothing was dialled")
+    return bool(typer.confirm(question, default=False, err=True))
+
+
+def what_is_said(settings: Settings, width: int = 60) -> str:
+    """The start of the TwiML, or the URL Twilio fetches it from: the prompt shows it."""
+    if settings.call.url:
+        return f"the TwiML at {settings.call.url}"
+    twiml = " ".join((settings.call.twiml or runner.DEFAULT_TWIML).split())
+    return twiml if len(twiml) <= width else twiml[: width - 1] + "…"
+
+
+def logged(func: F) -> F:
+    """`--log-file`: checked before anything else happens (a path that cannot be written is one
+    line, exit 2, and no run), and given every error, even the earliest (a bad CSV, a YAML
+    syntax error): cron users read only the log."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        log_file = kwargs.get("log_file")
+        if log_file is None:
+            return func(*args, **kwargs)
+        try:
+            log_file.open("a", encoding="utf-8").close()
+        except OSError as exc:
+            raise InputError(
+                f"--log-file {log_file}: cannot write there ({exc.strerror})"
+            ) from None
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            Output(log_file=log_file).log(one_line(exc))
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 UntilOption = Annotated[
@@ -163,6 +207,7 @@ LogFileOption = Annotated[
 
 @app.command()
 @guarded
+@logged
 def start(
     source: Annotated[
         str | None,
@@ -229,11 +274,8 @@ def start(
         return
     output = Output(as_json, quiet, log_file, mask)
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
-        if not settings.dialing.calling_hours and not target.simulated:
-            output.message(
-                "warning: no dialing.calling_hours set: calls may go out at any hour "
-                "(US law allows 8am-9pm in the callee's local time)"
-            )
+        if not target.simulated:
+            require_message(settings)  # after the credentials: those come first in the file
         intake.check_templates(settings, lead_source.columns)
         with campaign_lock(db, campaign):
             with new_database_or_none(db) as store:
@@ -246,11 +288,12 @@ def start(
                     run_id = intake.import_run(
                         store, lead_source, settings, target, now, campaign, new=new
                     )
+                    confirm_or_discard(store, run_id, target, yes, what_is_said(settings))
             if resuming:
                 output.message(f"campaign {campaign}: resuming its unfinished run {run_id}")
                 output.log(f"campaign {campaign}: resuming its unfinished run {run_id}")
             else:
-                announce(store, run_id, output, target, yes)
+                announce(store, run_id, output, settings, target)
             drive_and_report(
                 store,
                 run_id,
@@ -262,20 +305,39 @@ def start(
             )
 
 
-def announce(store: Store, run_id: int, output: Output, target: runner.Target, yes: bool) -> None:
-    """Name the new run first, then ask before dialling real people (declined: no run)."""
+def confirm_or_discard(
+    store: Store, run_id: int, target: runner.Target, yes: bool, says: str
+) -> None:
+    """Ask before dialling real people. Declined: the run goes again (and a database this
+    command created, see new_database_or_none), one line says so, and the exit code is 0: the
+    user chose, nothing failed (as `rm -i` or `git clean -i` answered no)."""
+    total = store.counts(run_id)["total_leads"]
+    if not confirm(total, target, yes, says):
+        store.delete_run(run_id)
+        err.print("not confirmed: nothing was saved and nobody was called", markup=False)
+        raise typer.Exit(0)
+
+
+def announce(
+    store: Store, run_id: int, output: Output, settings: Settings, target: runner.Target
+) -> None:
+    """Name the new run first (it exists now), then what was imported and any warnings."""
     snap = runner.snapshot(store, run_id, time.time())
     if not output.as_json and not output.quiet:
         print(f"run {run_id}", flush=True)
     output.message(
-        f"imported {snap['total_leads']} leads from {snap['source']} "
+        f"imported {render.plural(snap['total_leads'], 'lead')} from {snap['source']} "
         f"({snap['skipped']} skipped); dialing through {snap['target']}"
     )
-    try:
-        confirm(snap["total_leads"], target, yes)
-    except DialerError:
-        store.delete_run(run_id)
-        raise
+    warnings = [] if target.simulated else [concurrency_warning(settings.dialing.concurrency)]
+    if not settings.dialing.calling_hours:
+        warnings.append(
+            "warning: no dialing.calling_hours set: calls may go out at any hour "
+            "(US law allows 8am-9pm in the callee's local time)"
+        )
+    for warning in filter(None, warnings):
+        output.message(warning)
+        output.log(warning)
 
 
 @contextmanager
@@ -348,6 +410,7 @@ def show_dry_run(
 ) -> None:
     if not simulate:
         runner.twilio_target(settings)  # credentials are part of a usable configuration
+        require_message(settings)
     path = db or default_db_path()
     store = Store.open(path, readonly=True) if path.exists() else None
     plan = intake.dry_run(source, settings, store, time.time())
@@ -355,16 +418,23 @@ def show_dry_run(
         print(json.dumps(plan, ensure_ascii=False))
         return
     print(
-        f"{plan['source']}: {plan['rows']} rows; would dial {plan['would_dial']} "
-        f"with at most {plan['concurrency']} calls in flight"
+        f"{plan['source']}: {render.plural(plan['rows'], 'row')}; would dial "
+        f"{plan['would_dial']} with at most {render.plural(plan['concurrency'], 'call')} in flight"
     )
     buckets = [*plan["skipped"].items(), ("outside calling hours now", plan["outside_hours_now"])]
     for reason, bucket in buckets:
         if bucket["count"]:
             print(f"  {reason}: {bucket['count']}")
             for example in bucket["examples"]:
-                print(f"    line {example['line']}: {example['phone']} ({example['detail']})")
+                print(f"    line {example['line']}: {dry_run_example(example)}")
     print("dry run: nothing was written and nobody was called")
+
+
+def dry_run_example(example: dict[str, Any]) -> str:
+    """`+1 212 555 01` (too short) — or `no number` for an empty cell, never `(None)`."""
+    phone = example["phone"].strip() if example["phone"] else ""
+    detail = f" ({example['detail']})" if example["detail"] else ""
+    return f"{phone}{detail}" if phone else f"no number{detail}"
 
 
 @contextmanager
@@ -380,10 +450,14 @@ def target_context(
 
 @app.command()
 @guarded
+@logged
 def resume(
     run_id: Annotated[int, typer.Argument(help="The run to continue.")],
     concurrency: ConcurrencyOption = None,
-    sim_speed: Annotated[float, typer.Option("--sim-speed", min=0.1)] = 20.0,
+    sim_speed: Annotated[
+        float,
+        typer.Option("--sim-speed", min=0.1, help="Simulated runs: time runs this much faster."),
+    ] = 20.0,
     no_wait: NoWaitOption = False,
     until: UntilOption = None,
     max_duration: MaxDurationOption = None,

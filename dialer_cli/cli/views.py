@@ -21,8 +21,11 @@ from dialer_cli.cli.common import (
     guarded,
     open_store,
     out,
+    table_console,
 )
+from dialer_cli.errors import InputError
 from dialer_cli.models import RunStatus
+from dialer_cli.render import plural
 
 
 class ReportFormat(StrEnum):
@@ -77,15 +80,19 @@ def runs(as_json: JsonOption = False, db: DbOption = None) -> None:
     if as_json:
         print(json.dumps(snaps, ensure_ascii=False))
     else:
-        out.print(render.runs_table(snaps))
+        table_console().print(render.runs_table(snaps))
 
 
 @app.command()
 @guarded
 def calls(
     run: Annotated[int | None, typer.Option("--run", help="Only this run's calls.")] = None,
-    page: Annotated[int, typer.Option("--page", min=1)] = 1,
-    page_size: Annotated[int, typer.Option("--page-size", min=1, max=1000)] = 50,
+    page: Annotated[
+        int, typer.Option("--page", min=1, help="Which page, 1 = the newest calls.")
+    ] = 1,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=1000, help="Calls per page (at most 1000).")
+    ] = 50,
     mask: MaskOption = False,
     as_json: JsonOption = False,
     db: DbOption = None,
@@ -95,7 +102,15 @@ def calls(
     Example: dialer calls --run 7 --page 2 --json
     """
     store = open_store(db, readonly=True)
+    if run is not None:
+        store.get_run(run)  # an unknown run is bad input, as for status and report
     rows, total = store.calls_page(run, page, page_size)
+    last = max(1, -(-total // page_size))
+    if page > last:
+        raise InputError(
+            f"--page {page} is past the last page, {last} "
+            f"({plural(total, 'call')} at {page_size} a page)"
+        )
     data = {
         "items": [runner.call_item(r) for r in rows],
         "total": total,
@@ -105,7 +120,7 @@ def calls(
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
     else:
-        out.print(render.calls_table(data, mask=mask))
+        table_console().print(render.calls_table(data, mask=mask))
 
 
 @app.command("report")
@@ -136,5 +151,9 @@ def report_command(
     if output is None:
         write(rows, sys.stdout)
         return
-    with output.open("w", encoding="utf-8", newline="") as stream:
+    try:
+        stream = output.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InputError(f"--output {output}: cannot write there ({exc.strerror})") from None
+    with stream:
         write(rows, stream)
