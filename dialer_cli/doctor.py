@@ -273,6 +273,9 @@ def _refused(settings: Settings, exc: TwilioFailure) -> str:
     if exc.kind == "account":
         origin = settings.sources.get("twilio.auth_token", "default")
         return f"{exc}{_at(settings)}; check twilio.account_sid and the token (from {origin})"
+    if exc.unreachable:
+        where = settings.twilio.base_url
+        return f"cannot reach Twilio at {where} ({exc}); check the network and twilio.base_url"
     return f"{exc}{_at(settings)}; check the network and twilio.base_url"
 
 

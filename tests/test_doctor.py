@@ -195,7 +195,7 @@ def test_missing_credentials(tmp_path: Path, sim: Simulator, crm: Path) -> None:
 def test_twilio_does_not_answer(tmp_path: Path, sim: Simulator, crm: Path) -> None:
     config = write_config(tmp_path, sim, crm, base_url="http://127.0.0.1:1")
     problem = failed(diagnose(config, tmp_path / "d.db"))["twilio"]
-    assert problem.startswith("no answer from Twilio (ConnectionError) at http://127.0.0.1:1")
+    assert problem.startswith("cannot reach Twilio at http://127.0.0.1:1 (connection refused)")
 
 
 def test_from_number_not_owned(tmp_path: Path, sim: Simulator, crm: Path) -> None:

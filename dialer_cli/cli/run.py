@@ -229,6 +229,7 @@ def start(
         return
     output = Output(as_json, quiet, log_file, mask)
     with target_context(settings, simulate, sim_speed, sim_seed) as target:
+        runner.reach(target, "nothing was written")
         if not settings.dialing.calling_hours and not target.simulated:
             output.message(
                 "warning: no dialing.calling_hours set: calls may go out at any hour "
@@ -326,7 +327,8 @@ def target_context(
     settings: Settings, simulate: bool, speed: float, seed: int
 ) -> Iterator[runner.Target]:
     if simulate:
-        with runner.simulator_target(speed, seed, settings.twilio.http_timeout) as target:
+        tw = settings.twilio
+        with runner.simulator_target(speed, seed, tw.http_timeout, tw.give_up_after) as target:
             yield target
     else:
         yield runner.twilio_target(settings)
@@ -360,6 +362,7 @@ def resume(
     settings = settings_for(config)
     output = Output(as_json, quiet, log_file, mask)
     with run_target(run_, settings, sim_speed) as target:
+        runner.reach(target, f"run {run_id} was left as it was")
         drive_and_report(
             store,
             run_id,
@@ -374,7 +377,8 @@ def resume(
 @contextmanager
 def run_target(run_: Any, settings: Settings, speed: float) -> Iterator[runner.Target]:
     if run_.simulated:
-        with runner.simulator_target(speed, 0, settings.twilio.http_timeout) as target:
+        tw = settings.twilio
+        with runner.simulator_target(speed, 0, tw.http_timeout, tw.give_up_after) as target:
             yield target
     else:
         yield runner.target_for_run(run_, settings)
@@ -419,22 +423,23 @@ def cleanup_stuck(
 ) -> None:
     """Settle calls left dialing or calling by a dead process, by asking Twilio.
 
+    Says what it did, run by run; exits 1 if Twilio cannot be reached (nothing is settled).
+
     Example: dialer cleanup-stuck --run 7
     """
     store = open_store(db)
     settings = settings_for(config)
     candidates = [store.get_run(run)] if run is not None else store.runs()
-    for run_ in candidates:
-        if not store.counts(run_.id)["in_progress"]:
-            continue
+    stuck = [(r, n) for r in candidates if (n := store.counts(r.id)["in_progress"])]
+    if not stuck:
+        where = f"run {run} has" if run is not None else "no run has"
+        err.print(f"nothing stuck: {where} calls in flight", markup=False)
+    for run_, before in stuck:
+        events: list[Any] = []
         with run_target(run_, settings, 20.0) as target:
+            runner.reach(target, f"run {run_.id}'s {before} calls in flight were left as they were")
             runner.drive(
-                store,
-                run_.id,
-                target,
-                on_event=render.LineView(sys.stderr).on_event,
-                stop_mode="drain",
-                passes=1,
+                store, run_.id, target, on_event=events.append, stop_mode="drain", passes=1
             )
         left = store.counts(run_.id)["in_progress"]
-        err.print(f"run {run_.id}: {left} still in flight at Twilio; `dialer resume {run_.id}`")
+        err.print(render.cleanup_line(run_.id, before, left, events), markup=False)
