@@ -23,13 +23,7 @@ from typing import Any
 from dialer_cli import lease, rules
 from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, Rules, run
-from dialer_cli.errors import (
-    AccountError,
-    ConfigError,
-    InputError,
-    TwilioFailure,
-    UnreachableError,
-)
+from dialer_cli.errors import ConfigError, InputError, TwilioFailure, UnreachableError
 from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Run, RunStatus
 from dialer_cli.store import Store
 
@@ -126,22 +120,19 @@ def open_calls(target: Target, clock: Callable[[], float] = time.time) -> Any:
     )
 
 
-def reach(target: Target, then: str, calls: Any = None) -> None:
+def reach(target: Target, then: str) -> None:
     """Prove that Twilio answers, with one read-only request, before anything is written or
     dialled: a Twilio that cannot be reached is one line and exit 1, not a silent wait.
 
-    `then` says what did not happen ("nothing was written"). Any HTTP answer but a refusal
-    of the credentials proves the way is open; the run copes with 429s and 500s itself."""
+    `then` says what did not happen ("nothing was written"). Any HTTP answer proves the way
+    is open: a refusal of the credentials fails the run as before, resumable once fixed."""
     try:
-        (calls or open_calls(target)).check_account()
+        open_calls(target).check_account()
     except TwilioFailure as failure:
         if failure.unreachable:
             raise UnreachableError(
                 f"cannot reach Twilio at {target.base_url} ({failure}); {then}"
             ) from None
-        if failure.kind == "account":
-            check = "check twilio.account_sid and the token"
-            raise AccountError(f"{failure}; {check}; {then}") from None
 
 
 # -- driving ------------------------------------------------------------------------------------
