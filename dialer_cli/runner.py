@@ -250,26 +250,36 @@ def drive(
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
         try:
             if passes is None:
-                return run(dialer, sleep=sleep, on_event=on_event, should_drain=should_drain)
-            for _ in range(passes):
-                tick = dialer.tick()
-                for event in tick.events:
-                    on_event(event)
-                if tick.done:
-                    return tick.status
-            store.set_status(run_id, RunStatus.STOPPED, clock(), owner_id=owner)
-            if dialer.unreachable:  # what was not asked cannot be reported as known
-                raise UnreachableError(
-                    f"cannot reach Twilio at {target.base_url} ({dialer.unreachable}); "
-                    f"run {run_id}'s calls in flight were left as they were"
-                )
-            return RunStatus.STOPPED
+                status = run(dialer, sleep=sleep, on_event=on_event, should_drain=should_drain)
+            else:
+                status = _passes(dialer, passes, on_event)
         except BaseException:
             # Interrupted or failed mid-pass: leave the run resumable, owned by nobody.
             current = store.get_run(run_id)
             if current.status in (RunStatus.RUNNING, RunStatus.STOPPING):
                 store.set_status(run_id, RunStatus.STOPPED, clock(), owner_id=owner)
             raise
+    if stop_mode is not None and dialer.unreachable:
+        # cleanup-stuck, stop --cancel-active: what could not be asked is not reported as done
+        raise UnreachableError(
+            f"cannot reach Twilio at {target.base_url} ({dialer.unreachable}); "
+            f"run {run_id}'s calls in flight were left as they were"
+        )
+    return status
+
+
+def _passes(dialer: Dialer, passes: int, on_event: Callable[[Event], None]) -> str:
+    """A few passes and no more (cleanup-stuck); the run is then left stopped, resumable."""
+    for _ in range(passes):
+        tick = dialer.tick()
+        for event in tick.events:
+            on_event(event)
+        if tick.done:
+            return tick.status
+    dialer.store.set_status(
+        dialer.run_id, RunStatus.STOPPED, dialer.clock(), owner_id=dialer.owner_id
+    )
+    return RunStatus.STOPPED
 
 
 # -- reading ------------------------------------------------------------------------------------

@@ -267,6 +267,20 @@ def test_cleanup_stuck_that_cannot_reach_twilio_says_so_and_exits_1(tmp_path, lo
     after_coming_back(c, long_calls)
 
 
+def test_stop_cancel_active_that_cannot_reach_twilio_says_so_and_exits_1(tmp_path, long_calls):
+    c = make_campaign(tmp_path, long_calls, 6)
+    killed(c, "after_sid_saved", 3)
+    long_calls.go_down()
+    proc = c.dialer("stop", c.run_id, "--cancel-active", "--config", c.cfg, "--db", c.db)
+    assert ended_within(proc, 30) == 1, proc.tail()
+    assert stderr_of(proc).splitlines()[-1] == (
+        f"error: cannot reach Twilio at {long_calls.url} (connection refused); "
+        "run 1's calls in flight were left as they were"
+    )
+    assert c.status()["in_progress"] == 3
+    after_coming_back(c, long_calls)
+
+
 # -- cleanup-stuck says what it did (issue 11, item 11) -------------------------------------------
 
 
