@@ -79,7 +79,7 @@ _SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
     ),
     "deadline": lambda e, who, d: "deadline reached: no new calls; waiting for calls in flight",
     "twilio-unreachable": lambda e, who, d: (
-        f"Twilio unreachable for {float(d['for_s']):.0f} s ({d['error']}); retrying"
+        f"Twilio unreachable{_for(float(d['for_s']))} ({d['error']}); retrying"
     ),
     "twilio-reachable": lambda e, who, d: (
         f"Twilio answers again, after {float(d['down_for']):.0f} s without an answer"
@@ -90,6 +90,10 @@ _SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
     ),
     "run-finished": lambda e, who, d: f"run {e.run_id} {d['status']}",
 }
+
+
+def _for(seconds: float) -> str:
+    return f" for {seconds:.0f} s" if seconds >= 1 else ""
 
 
 def describe(event: Event) -> str:
