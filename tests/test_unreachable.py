@@ -185,9 +185,13 @@ def long_calls():
         yield sim
 
 
-def dialling_then_down(tmp_path, sim: Simulator, *extra: object) -> tuple[Campaign, Proc]:
+def dialling_then_down(
+    tmp_path, sim: Simulator, *extra: object, give_up_after: float = 300.0
+) -> tuple[Campaign, Proc]:
     """A `start` with three calls in flight, then Twilio unreachable and the driver aware of it."""
     c = make_campaign(tmp_path, sim, 6, imported=False)
+    setting = f"twilio:\n  give_up_after: {give_up_after:g}\n"
+    c.cfg.write_text(c.cfg.read_text().replace("twilio:\n", setting))
     proc = c.dialer("start", c.csv, "--config", c.cfg, "--db", c.db, "--yes", *extra)
     wait_for(lambda: len(sim.calls()) == 3 or proc.poll() is not None, 60, "three calls")
     sim.go_down()
@@ -222,6 +226,15 @@ def test_dialer_stop_ends_a_start_whose_twilio_went_down(tmp_path, long_calls):
 def test_max_duration_ends_a_start_whose_twilio_went_down(tmp_path, long_calls):
     c, proc = dialling_then_down(tmp_path, long_calls, "--max-duration", "2s")
     assert ended_within(proc, 2.0 + LEAVE_BOUND) == 3, proc.tail()
+    after_coming_back(c, long_calls)
+
+
+def test_a_start_that_hears_nothing_for_give_up_after_fails_resumably(tmp_path, long_calls):
+    c, proc = dialling_then_down(tmp_path, long_calls, give_up_after=2.0)
+    assert ended_within(proc, 2.0 + LEAVE_BOUND) == 1, proc.tail()
+    assert "no answer from Twilio for 2 s" in stderr_of(proc).splitlines()[-1]
+    status = c.status()
+    assert status["status"] == "failed" and "no answer from Twilio" in status["error"]
     after_coming_back(c, long_calls)
 
 
