@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
@@ -118,7 +119,24 @@ def _e164(value: Any) -> str:
     return str(value)
 
 
-_URL = _rule("an http:// or https:// URL", lambda v: str(v).startswith(("http://", "https://")))
+_HOST = re.compile(r"[A-Za-z0-9._~%:-]+")  # a name, an IPv4 or (unbracketed) IPv6 address
+
+
+def _usable_url(value: Any) -> bool:
+    """http(s), a host made of host characters, a non-zero port if any: a URL that can ever
+    answer. Anything else would be retried for ever instead of failing here in one line."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        return False
+    host = parts.hostname or ""
+    return parts.scheme in ("http", "https") and bool(_HOST.fullmatch(host)) and port != 0
+
+
+_URL = _rule("an http:// or https:// URL with a host", _usable_url)
 _HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
 _OUTCOMES = _one_of("busy", "no-answer", "failed")
 _DAY = _one_of("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -145,6 +163,7 @@ class TwilioSettings:
     from_numbers: tuple[str, ...] = _key((), _list_of(_e164, "E.164 numbers in quotes"))
     base_url: str = _key("https://api.twilio.com", _URL)
     http_timeout: float = _key(10.0, _over(0))
+    give_up_after: float = _key(300.0, _over(0))  # s with no answer at all: the run fails
 
 
 @dataclass(frozen=True)
@@ -163,7 +182,7 @@ class CallSettings:
 class DialingSettings:
     concurrency: int = _key(3, _whole(1))
     poll_interval: float = _key(2.0, _over(0))
-    reconcile_grace: float = _key(30.0, _over(0, inclusive=True))
+    reconcile_grace: float = _key(30.0, _over(0))  # 0 would prove "no call" in one instant
     max_attempts: int = _key(1, _whole(1))
     retry_on: tuple[str, ...] = _key(
         ("busy", "no-answer"), _list_of(_OUTCOMES, "busy, no-answer, failed")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dialer_cli.twilio_adapter import TwilioCalls
 
 LOCK_TIMEOUT = 5.0  # seconds to wait for a writer (a running `dialer start`) to let go
+CLOCK_WARN = 5.0  # seconds between our clock and Twilio's that deserve a warning
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ def check_source(settings: Settings, source: str, query: str | None, table: str 
 
 
 def check_twilio(settings: Settings, simulate: bool) -> list[Check]:
-    """Credentials present and accepted (one read-only request), then the From numbers."""
+    """Credentials present and accepted (one read-only request), our clock against Twilio's
+    (from that answer's Date header), then the From numbers."""
     if simulate:
         return [Check("twilio", True, "simulated: the built-in simulator needs no account")]
     try:
@@ -268,13 +270,31 @@ def check_twilio(settings: Settings, simulate: bool) -> list[Check]:
     origin = settings.sources.get("twilio.auth_token", "default")
     account = f"account {name!r} {runner.short_sid(target.account_sid)}"
     detail = f"{account}{_at(settings)} (token from {origin}: accepted)"
-    return [Check("twilio", True, detail), check_from_numbers(settings, calls)]
+    checks = [Check("twilio", True, detail), check_clock(calls.clock_offset())]
+    return [*checks, check_from_numbers(settings, calls)]
+
+
+def check_clock(offset: float) -> Check:
+    """A warning, never a failure: reconciliation widens its window by the measured offset,
+    but logs and calling hours read this machine's clock, so a wrong one is worth fixing."""
+    if abs(offset) <= CLOCK_WARN:
+        return Check("clock", True, f"within {CLOCK_WARN:g} s of Twilio's ({offset:+.1f} s)")
+    way = "ahead of" if offset > 0 else "behind"
+    return Check(
+        "clock",
+        True,
+        f"warning: this machine's clock is {abs(offset):.0f} s {way} Twilio's; reconciliation "
+        "allows for it, but set the clock right (NTP)",
+    )
 
 
 def _refused(settings: Settings, exc: TwilioFailure) -> str:
     if exc.kind == "account":
         origin = settings.sources.get("twilio.auth_token", "default")
         return f"{exc}{_at(settings)}; check twilio.account_sid and the token (from {origin})"
+    if exc.unreachable:
+        where = settings.twilio.base_url
+        return f"cannot reach Twilio at {where} ({exc}); check the network and twilio.base_url"
     return f"{exc}{_at(settings)}; check the network and twilio.base_url"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dialer_cli.errors import AccountError, BusyError, TwilioFailure
 from dialer_cli.models import (
@@ -28,6 +28,7 @@ from dialer_cli.rules import Hours, Pacer
 from dialer_cli.store import Store
 
 LIVE_STATUSES = ("queued", "ringing", "in-progress")
+T = TypeVar("T")
 
 
 class Calls(Protocol):
@@ -54,6 +55,8 @@ class Options:
     # call.time_limit + 120 s, is stuck there: it is ended rather than holding its line forever.
     ring_limit: float = 30.0 + 120.0
     talk_limit: float = 14400.0 + 120.0
+    give_up_after: float = 300.0  # s with no answer at all from Twilio: the run fails
+    report_every: float = 30.0  # while Twilio does not answer, say so this often
 
 
 @dataclass
@@ -108,6 +111,11 @@ class Dialer:
         self._announced_wait: float | None = None
         self.deadline = deadline  # --until / --max-duration: then dial nothing new
         self.should_drain = should_drain  # Ctrl-C / SIGTERM, asked before every claim
+        self._down_since: float | None = None  # first request Twilio did not answer at all
+        self._down_in: Tick | None = None  # the pass of the last unanswered request
+        self._down_reason = ""
+        self._down_reported = -1e18
+        self._probe_at = -1e18
 
     def drain(self) -> None:
         self.draining = True
@@ -177,18 +185,22 @@ class Dialer:
         if len(due) <= len(LIVE_STATUSES):
             for call in due:
                 self._poll(call, now, tick)
-            return
+        else:
+            self._poll_listed(due, now, tick)
+        self._while_down(now, tick)
+
+    def _poll_listed(self, due: list[LiveCall], now: float, tick: Tick) -> None:
         try:
-            live = self.calls.live()
+            live = self._ask(now, tick, self.calls.live)
         except TwilioFailure as failure:
             if failure.kind == "account":
                 self._fail_run(str(failure), now)
             delay = self._backoff("list", failure.retry_after)
             for call in due:
                 self._next_poll[call.token] = now + delay
-            tick.events.append(
-                Event("poll-retry", now, self.run_id, {"error": str(failure), "retry_in": delay})
-            )
+            if not failure.unreachable:  # that has its own event, not one per request
+                data = {"error": str(failure), "retry_in": delay}
+                tick.events.append(Event("poll-retry", now, self.run_id, data))
             return
         self._failures.pop("list", None)
         for call in due:
@@ -199,10 +211,10 @@ class Dialer:
                 self._seen(call, info, now, tick)
 
     def _poll(self, call: LiveCall, now: float, tick: Tick) -> None:
-
         assert call.sid is not None
+        sid = call.sid
         try:
-            info = self.calls.fetch(call.sid)
+            info = self._ask(now, tick, lambda: self.calls.fetch(sid))
         except TwilioFailure as failure:
             self._on_poll_failure(call, failure, now, tick)
             return
@@ -253,7 +265,8 @@ class Dialer:
             return
         delay = self._backoff(call.token, failure.retry_after)
         self._next_poll[call.token] = now + delay
-        self._emit(tick, "poll-retry", now, call, error=str(failure), retry_in=round(delay, 2))
+        if not failure.unreachable:
+            self._emit(tick, "poll-retry", now, call, error=str(failure), retry_in=round(delay, 2))
 
     def _ended_call(self, call: LiveCall, info: CallInfo, now: float, tick: Tick) -> None:
         outcome = OUTCOME_OF_STATUS[info.status]
@@ -282,10 +295,12 @@ class Dialer:
         """End a live call (stop --cancel-active): cancel it if it has not been answered, hang
         up if it has; a call answered in between is hung up on the next pass."""
         assert call.sid is not None
+        sid = call.sid
         try:
-            info = self.calls.fetch(call.sid)
+            info = self._ask(now, tick, lambda: self.calls.fetch(sid))
             if not info.terminal:
-                info = self.calls.end(call.sid, answered=info.status == "in-progress")
+                answered = info.status == "in-progress"
+                info = self._ask(now, tick, lambda: self.calls.end(sid, answered=answered))
         except TwilioFailure as failure:
             self._emit(tick, "cancel-retry", now, call, error=str(failure))
             return
@@ -303,11 +318,14 @@ class Dialer:
 
         One match: adopt it. None on two checks a grace period apart: no call exists, the lead
         may be dialled again. Several: a person must decide; never redial.
+        Twilio's clock may differ from ours by more than `clock_skew`: the adapter widens the
+        window by the offset it measures from Twilio's Date headers.
         """
-
         since = call.claimed_at - self.options.clock_skew
         try:
-            found = self.calls.recent(call.to, call.from_number, since)
+            found = self._ask(
+                now, tick, lambda: self.calls.recent(call.to, call.from_number, since)
+            )
         except TwilioFailure as failure:
             if failure.kind == "account":
                 self._fail_run(str(failure), now)
@@ -384,10 +402,14 @@ class Dialer:
         """Send the create for a committed claim; False when creates must pause."""
 
         base = {"to": claim.to, "name": lead_name(claim.fields), "attempt": claim.attempt}
+        params = self.rules.params_for(claim)
         try:
-            info = self.calls.create(claim.to, claim.from_number, self.rules.params_for(claim))
+            info = self._ask(
+                now, tick, lambda: self.calls.create(claim.to, claim.from_number, params)
+            )
         except TwilioFailure as failure:
             return self._on_create_failure(claim, failure, now, tick, base)
+        self._failures.pop("create", None)  # a create went through: back-off starts over
         self.store.save_sid(claim, info, now)
         self._next_poll[claim.token] = now + self.options.poll_interval
         tick.events.append(Event("call-placed", now, self.run_id, {**base, "sid": info.sid}))
@@ -405,12 +427,16 @@ class Dialer:
         if kind == "unknown":
             self.store.mark_unknown(claim.token, str(failure), now, now)
             tick.events.append(Event("call-unknown", now, self.run_id, data))
-            return True
+            if failure.retry_after is not None:  # a 503 that asked us to wait: the others wait
+                self._create_blocked_until = now + self._backoff("create", failure.retry_after)
+            return not (failure.unreachable or failure.retry_after is not None)
         if kind == "retry":
             delay = self._backoff("create", failure.retry_after)
             self.store.release(claim.token, now + delay, "retry", now)
             self._create_blocked_until = now + delay
-            tick.events.append(Event("create-retry", now, self.run_id, {**data, "retry_in": delay}))
+            if not failure.unreachable:  # an unreachable Twilio has its own event
+                data = {**data, "retry_in": delay}
+                tick.events.append(Event("create-retry", now, self.run_id, data))
             return False
         self.store.release(claim.token, now, "refused", now)
         self._fail_run(str(failure), now)
@@ -454,6 +480,114 @@ class Dialer:
             f"run {self.run_id} failed: {message}; fix it, then `dialer resume {self.run_id}`"
         )
 
+    # -- a Twilio that does not answer ----------------------------------------------------------
+
+    @property
+    def unreachable(self) -> str | None:
+        """Why Twilio is not answering right now (None while it answers)."""
+        return self._down_reason if self._down_since is not None else None
+
+    def _ask(self, now: float, tick: Tick, request: Callable[[], T]) -> T:
+        """Every request to Twilio goes through here, to learn whether Twilio answers at all.
+
+        Once a request of this pass got no answer, the rest of the pass sends
+        nothing: each would wait up to http_timeout, so a pass against a dead Twilio costs one
+        timeout, not N, and a stop is heard within a timeout and a poll interval. Those
+        requests fail as "retry" (certainly not sent): a create's claim goes back unharmed."""
+        if self._down_since is not None and self._down_in is tick:
+            raise TwilioFailure("retry", self._down_reason, unreachable=True)
+        try:
+            result = request()
+        except TwilioFailure as failure:
+            if failure.unreachable:
+                self._unanswered(failure, now, tick)
+            else:
+                self._answered(now, tick)
+            raise
+        self._answered(now, tick)
+        return result
+
+    def _unanswered(self, failure: TwilioFailure, now: float, tick: Tick) -> None:
+        self._down_in, self._down_reason = tick, str(failure)
+        self._probe_at = now + self._backoff("twilio", None)
+        self._block_creates(now)
+        if self._down_since is None:
+            self._down_since = now
+            self._report_down(now, tick)
+
+    def _answered(self, now: float, tick: Tick) -> None:
+        if self._down_since is None:
+            return
+        data = {"since": self._down_since, "down_for": round(now - self._down_since, 1)}
+        tick.events.append(Event("twilio-reachable", now, self.run_id, data))
+        self._down_since = None
+        self._failures.pop("twilio", None)
+        soon = now + self.options.poll_interval  # polls backed off while it was down
+        self._next_poll = {token: min(at, soon) for token, at in self._next_poll.items()}
+
+    def _while_down(self, now: float, tick: Tick) -> None:
+        """Once per pass while Twilio does not answer: probe it if nothing else asked, dial
+        nothing new, say so now and then, and give up (the run fails, resumable) after
+        `give_up_after` seconds without a single answer."""
+        if self._down_since is None:
+            return
+        if self._down_in is not tick and now >= self._probe_at:
+            try:
+                self._ask(now, tick, self.calls.live)
+            except TwilioFailure:
+                pass
+        if self._down_since is None:
+            return
+        self._block_creates(now)
+        tick.next_wake = min(tick.next_wake, max(self._probe_at, now))
+        down_for = now - self._down_since
+        if down_for >= self.options.give_up_after:
+            self._fail_run(
+                f"no answer from Twilio for {down_for:.0f} s ({self._down_reason}); "
+                "check the network and twilio.base_url",
+                now,
+            )
+        if now - self._down_reported >= self.options.report_every:
+            self._report_down(now, tick)
+
+    def _block_creates(self, now: float) -> None:
+        """No create while Twilio does not answer: each would become an unknown attempt."""
+        self._create_blocked_until = max(
+            self._create_blocked_until, now + self.options.poll_interval
+        )
+
+    def _report_down(self, now: float, tick: Tick) -> None:
+        assert self._down_since is not None
+        self._down_reported = now
+        data = {
+            "since": self._down_since,
+            "for_s": round(now - self._down_since, 1),
+            "error": self._down_reason,
+        }
+        tick.events.append(Event("twilio-unreachable", now, self.run_id, data))
+
+    def stranded(self) -> bool:
+        """Told to stop (drain, deadline, `dialer stop`) while Twilio does not answer: waiting
+        for calls in flight could last for ever, so the driver leaves them to `resume`."""
+        if self._down_since is None:
+            return False
+        return self.draining or self.store.get_run(self.run_id).status != RunStatus.RUNNING
+
+    def leave(self) -> Tick:
+        """Stop now: calls in flight stay as the database has them (unknown attempts stay
+        unknown) for `dialer resume` to settle once Twilio answers."""
+        now = self.clock()
+        self.store.set_status(self.run_id, RunStatus.STOPPED, now, owner_id=self.owner_id)
+        in_flight, _ = self.store.pending(self.run_id)
+        data = {"in_flight": in_flight, "error": self._down_reason}
+        tick = Tick(done=True, status=RunStatus.STOPPED)
+        tick.events.append(Event("left-unsettled", now, self.run_id, data))
+        counts = self.store.counts(self.run_id)
+        tick.events.append(
+            Event("run-finished", now, self.run_id, {"status": RunStatus.STOPPED, **counts})
+        )
+        return tick
+
     def _backoff(self, key: str, retry_after: float | None) -> float:
         """Exponential back-off with full jitter, or what Twilio asked for."""
         n = self._failures.get(key, 0) + 1
@@ -475,14 +609,21 @@ def run(
     on_event: Callable[[Event], None],
     should_drain: Callable[[], bool] = lambda: False,
 ) -> str:
-    """The only loop: tick, report, sleep until something is due. Returns the final run status."""
+    """The only loop: tick, report, sleep until something is due. Returns the final run status.
+
+    Told to stop while Twilio does not answer, it leaves at once instead of waiting for calls
+    it cannot hear from."""
     while True:
         if should_drain():
             dialer.drain()
-        tick = dialer.tick()
+        tick = dialer.leave() if dialer.stranded() else dialer.tick()
         for event in tick.events:
             on_event(event)
         if tick.done:
             return tick.status
+        if should_drain():
+            dialer.drain()
+        if dialer.stranded():
+            continue  # leave without sleeping
         delay = min(tick.next_wake - dialer.clock(), dialer.options.poll_interval)
         sleep(max(delay, 0.0))

@@ -52,6 +52,10 @@ class AccountError(DialerError):
     """Twilio refused the account or the From number: the run stops, resumable once fixed."""
 
 
+class UnreachableError(DialerError):
+    """Twilio did not answer at all: nothing was learnt, so nothing is reported as known."""
+
+
 @dataclass
 class TwilioFailure(Exception):
     """A request Twilio did not complete, classified by what is safe to do next.
@@ -59,6 +63,8 @@ class TwilioFailure(Exception):
     kind: "account" (credentials, From number, account state: the run stops), "rejected" (this
     lead only), "retry" (certainly not processed: back off and retry), "unknown" (a create that
     may have placed a call: reconcile, never resend blindly), "not_found".
+    unreachable: no HTTP answer at all (refused, timed out, closed): Twilio may be down or the
+    network gone; an answer of any status, even 500, is not this.
     """
 
     kind: str
@@ -66,6 +72,7 @@ class TwilioFailure(Exception):
     code: int | None = None
     status: int | None = None
     retry_after: float | None = None
+    unreachable: bool = False
 
     def __str__(self) -> str:
         code = f" (Twilio error {self.code})" if self.code else ""

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -83,8 +84,22 @@ _SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
         f"waiting: the next call will be placed at {stamp(float(d['next_at']))}"
     ),
     "deadline": lambda e, who, d: "deadline reached: no new calls; waiting for calls in flight",
+    "twilio-unreachable": lambda e, who, d: (
+        f"Twilio unreachable{_for(float(d['for_s']))} ({d['error']}); retrying"
+    ),
+    "twilio-reachable": lambda e, who, d: (
+        f"Twilio answers again, after {float(d['down_for']):.0f} s without an answer"
+    ),
+    "left-unsettled": lambda e, who, d: (
+        f"Twilio unreachable ({d['error']}): stopping now; {d['in_flight']} calls in flight "
+        f"are left for `dialer resume {e.run_id}` to settle"
+    ),
     "run-finished": lambda e, who, d: f"run {e.run_id} {d['status']}",
 }
+
+
+def _for(seconds: float) -> str:
+    return f" for {seconds:.0f} s" if seconds >= 1 else ""
 
 
 def describe(event: Event) -> str:
@@ -149,9 +164,14 @@ class LiveView:
         self.live.start()
         self._drawn = 0.0
         self.notice: str | None = None
+        self._down: dict[str, Any] | None = None  # the last twilio-unreachable event's data
 
     def on_event(self, event: Event) -> None:
-        self.refresh()
+        if event.kind == "twilio-unreachable":
+            self._down = event.data
+        elif event.kind == "twilio-reachable":
+            self._down = None
+        self.refresh(force=event.kind.startswith("twilio-"))
 
     def stopping(self, notice: str) -> None:
         """Called from a signal handler, so it only records: printing there could cut into a
@@ -162,12 +182,15 @@ class LiveView:
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._drawn >= 0.5:
-            data = self.load()
+            view = self.load()
             if self.notice is not None:
-                data["notice"] = self.notice
-                if data["status"]["status"] == "running":
-                    data["status"] = {**data["status"], "status": "stopping"}
-            self.live.update(run_panel(data, mask=self.mask), refresh=True)
+                view["notice"] = self.notice
+                if view["status"]["status"] == "running":
+                    view["status"] = {**view["status"], "status": "stopping"}
+            if self._down is not None:
+                since = float(self._down["since"])
+                view["unreachable"] = {"for_s": time.time() - since, "error": self._down["error"]}
+            self.live.update(run_panel(view, mask=self.mask), refresh=True)
             self._drawn = now
 
     def sleep(self, seconds: float) -> None:
@@ -253,6 +276,9 @@ def run_panel(view: dict[str, Any], mask: bool = False) -> RenderableType:
     parts: list[RenderableType] = [_timing(view), _progress(snap), _counters(snap)]
     if view.get("notice"):
         parts.append(Text(view["notice"], style="yellow"))
+    if down := view.get("unreachable"):
+        alarm = f"Twilio unreachable for {duration(down['for_s'])} ({down['error']}); retrying"
+        parts.insert(0, Text(alarm, style="bold red"))
     if snap.get("error"):
         parts.append(Text(f"error: {snap['error']}", style="red"))
     number = mask_number if mask else (lambda n: n or "")
@@ -470,6 +496,23 @@ class _Fit:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.build(options.max_width)
+
+
+def cleanup_line(run_id: int, before: int, left: int, events: list[Event]) -> str:
+    """What `cleanup-stuck` did to one run, in one line."""
+    ended = Counter(str(e.data["outcome"]) for e in events if e.kind == "call-ended")
+    parts = [f"{n} {outcome}" for outcome, n in ended.items()]
+    for kind, what in (
+        ("call-adopted", "found at Twilio"),
+        ("call-not-placed", "never placed (queued again)"),
+        ("call-needs-review", "need review"),
+    ):
+        if n := sum(e.kind == kind for e in events):
+            parts.append(f"{n} {what}")
+    done = f"settled {before - left} of {before} calls in flight"
+    detail = f" ({', '.join(parts)})" if parts else ""
+    rest = f"; {left} still in flight: `dialer resume {run_id}` goes on with them" if left else ""
+    return f"run {run_id}: {done}{detail}{rest}"
 
 
 def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 from dialer_cli import lease, rules
 from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, Rules, run
-from dialer_cli.errors import ConfigError, InputError
+from dialer_cli.errors import ConfigError, InputError, TwilioFailure, UnreachableError
 from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Run, RunStatus
 from dialer_cli.store import Store
 
@@ -43,6 +43,7 @@ class Target:
     from_number: str
     simulated: bool = False
     speed: float = 1.0
+    give_up_after: float = 300.0  # twilio.give_up_after: s without any answer, then the run fails
 
     @property
     def key(self) -> str:
@@ -63,11 +64,20 @@ def twilio_target(settings: Settings) -> Target:
     tw = settings.twilio
     from_number = tw.from_number or (tw.from_numbers[0] if tw.from_numbers else "")
     assert tw.account_sid and tw.auth_token
-    return Target(tw.account_sid, tw.auth_token, tw.base_url, tw.http_timeout, from_number)
+    return Target(
+        tw.account_sid,
+        tw.auth_token,
+        tw.base_url,
+        tw.http_timeout,
+        from_number,
+        give_up_after=tw.give_up_after,
+    )
 
 
 @contextmanager
-def simulator_target(speed: float, seed: int, http_timeout: float) -> Iterator[Target]:
+def simulator_target(
+    speed: float, seed: int, http_timeout: float, give_up_after: float = 300.0
+) -> Iterator[Target]:
     """Serve the built-in simulator on a free loopback port for the length of a run."""
     from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 
@@ -80,6 +90,7 @@ def simulator_target(speed: float, seed: int, http_timeout: float) -> Iterator[T
             SIM_FROM_NUMBER,
             simulated=True,
             speed=speed,
+            give_up_after=give_up_after,
         )
 
 
@@ -101,10 +112,27 @@ def short_sid(sid: str) -> str:
     return f"{sid[:6]}…{sid[-4:]}" if len(sid) > 12 else sid
 
 
-def open_calls(target: Target) -> Any:
+def open_calls(target: Target, clock: Callable[[], float] = time.time) -> Any:
     from dialer_cli.twilio_adapter import TwilioCalls
 
-    return TwilioCalls(target.account_sid, target.auth_token, target.base_url, target.http_timeout)
+    return TwilioCalls(
+        target.account_sid, target.auth_token, target.base_url, target.http_timeout, clock
+    )
+
+
+def reach(target: Target, then: str) -> None:
+    """Prove that Twilio answers, with one read-only request, before anything is written or
+    dialled: a Twilio that cannot be reached is one line and exit 1, not a silent wait.
+
+    `then` says what did not happen ("nothing was written"). Any HTTP answer proves the way
+    is open: a refusal of the credentials fails the run as before, resumable once fixed."""
+    try:
+        open_calls(target).check_account()
+    except TwilioFailure as failure:
+        if failure.unreachable:
+            raise UnreachableError(
+                f"cannot reach Twilio at {target.base_url} ({failure}); {then}"
+            ) from None
 
 
 # -- driving ------------------------------------------------------------------------------------
@@ -128,6 +156,7 @@ def options_for(run_: Run, target: Target) -> Options:
         max_attempts=int(dialing.get("max_attempts", 1)),
         retry_on=tuple(dialing.get("retry_on", ("busy", "no-answer"))),
         retry_delay=float(dialing.get("retry_delay", 900.0)) / speed,
+        give_up_after=target.give_up_after,
     )
 
 
@@ -212,7 +241,7 @@ def drive(
         run_ = store.take_over(run_id, owner, pid, host, clock(), stop_mode)
         dialer = Dialer(
             store,
-            calls if calls is not None else open_calls(target),
+            calls if calls is not None else open_calls(target, clock),
             run_id,
             owner,
             options=options_for(run_, target),
@@ -226,21 +255,36 @@ def drive(
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
         try:
             if passes is None:
-                return run(dialer, sleep=sleep, on_event=on_event, should_drain=should_drain)
-            for _ in range(passes):
-                tick = dialer.tick()
-                for event in tick.events:
-                    on_event(event)
-                if tick.done:
-                    return tick.status
-            store.set_status(run_id, RunStatus.STOPPED, clock(), owner_id=owner)
-            return RunStatus.STOPPED
+                status = run(dialer, sleep=sleep, on_event=on_event, should_drain=should_drain)
+            else:
+                status = _passes(dialer, passes, on_event)
         except BaseException:
             # Interrupted or failed mid-pass: leave the run resumable, owned by nobody.
             current = store.get_run(run_id)
             if current.status in (RunStatus.RUNNING, RunStatus.STOPPING):
                 store.set_status(run_id, RunStatus.STOPPED, clock(), owner_id=owner)
             raise
+    if stop_mode is not None and dialer.unreachable:
+        # cleanup-stuck, stop --cancel-active: what could not be asked is not reported as done
+        raise UnreachableError(
+            f"cannot reach Twilio at {target.base_url} ({dialer.unreachable}); "
+            f"run {run_id}'s calls in flight were left as they were"
+        )
+    return status
+
+
+def _passes(dialer: Dialer, passes: int, on_event: Callable[[Event], None]) -> str:
+    """A few passes and no more (cleanup-stuck); the run is then left stopped, resumable."""
+    for _ in range(passes):
+        tick = dialer.tick()
+        for event in tick.events:
+            on_event(event)
+        if tick.done:
+            return tick.status
+    dialer.store.set_status(
+        dialer.run_id, RunStatus.STOPPED, dialer.clock(), owner_id=dialer.owner_id
+    )
+    return RunStatus.STOPPED
 
 
 # -- reading ------------------------------------------------------------------------------------

@@ -66,8 +66,10 @@ class CallPlan:
 class Faults:
     """Fault injection, mutable at run time; draws come from an RNG seeded with `seed`."""
 
-    p_429: float = 0.0  # any request: 429/20429 + Retry-After: 1, nothing processed
+    p_429: float = 0.0  # any request: 429/20429 + Retry-After, nothing processed
     p_500: float = 0.0  # any request: 500/20500, nothing processed
+    p_503: float = 0.0  # any request: 503/20503 + Retry-After, nothing processed
+    retry_after_s: float | None = 1.0  # the Retry-After of p_429 and p_503 (None: no header)
     p_500_after_create: float = 0.0  # create: the call IS created, then 500
     p_drop: float = 0.0  # create: the call IS created, then the socket closes unanswered
     p_slow: float = 0.0  # any request: answered slow_s REAL seconds late (after processing)
@@ -484,10 +486,14 @@ class Simulator:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         if (auth or "").strip() != f"Basic {expected}":
             return _error(401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio"'})
+        wait = self.faults.retry_after_s
+        after = {} if wait is None else {"Retry-After": f"{wait:g}"}
         if self._roll(self.faults.p_429):
-            return _error(429, 20429, "Too Many Requests", {"Retry-After": "1"})
+            return _error(429, 20429, "Too Many Requests", after)
         if self._roll(self.faults.p_500):
             return _error(500, 20500, "Internal Server Error")
+        if self._roll(self.faults.p_503):
+            return _error(503, 20503, "Service Unavailable", after)
         for pattern, handlers in _ROUTES:
             m = pattern.fullmatch(path)
             if m and method in handlers and m["acct"] == self.account_sid:

@@ -7,6 +7,10 @@ what is safe: a create that timed out may have placed a call, a 429 certainly di
 from __future__ import annotations
 
 import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -46,16 +50,34 @@ PER_LEAD_CODES = frozenset(
 RETRY_CODES = frozenset({10004, 20429})
 
 
+OFFSET_SAMPLES = 9  # Date headers kept for the clock-offset estimate
+
+
 class _HttpClient(TwilioHttpClient):
-    """Remembers the last response's headers, for Retry-After (TwilioRestException drops them)."""
+    """Remembers the last response's headers, for Retry-After (TwilioRestException drops them),
+    and measures how far our clock runs ahead of Twilio's from each response's Date header."""
 
     last_headers: Any = None
 
+    def __init__(self, timeout: float, clock: Callable[[], float]):
+        super().__init__(timeout=timeout)
+        self.clock = clock
+        self.offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
+
     def request(self, *args: Any, **kwargs: Any) -> Response:
         self.last_headers = None
+        sent = self.clock()
         response = super().request(*args, **kwargs)
         self.last_headers = response.headers
+        self._measure(sent, self.clock(), response.headers)
         return response
+
+    def _measure(self, sent: float, received: float, headers: Any) -> None:
+        """Twilio wrote Date somewhere between our send and our receipt, truncated to the
+        second: compare it (plus half a second) with the middle of the round trip."""
+        date = _parse_time(headers.get("Date") if headers is not None else None)
+        if date is not None:
+            self.offsets.append((sent + received) / 2 - (date.timestamp() + 0.5))
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -86,15 +108,28 @@ def _info(call: Any) -> CallInfo:
 class TwilioCalls:
     """Create, poll, list and end calls through the real twilio client."""
 
-    def __init__(self, account_sid: str, auth_token: str, base_url: str, http_timeout: float):
-        self._http = _HttpClient(timeout=http_timeout)
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        base_url: str,
+        http_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._http = _HttpClient(http_timeout, clock)
         # A non-empty environment stops the client reading TWILIO_REGION/TWILIO_EDGE, which would
         # rewrite a loopback base URL.
         self._client = Client(
             account_sid, auth_token, http_client=self._http, environment={"DIALER": "1"}
         )
         self._client.api.base_url = base_url.rstrip("/")
-        self.account_sid = account_sid
+        self.account_sid, self.base_url, self.http_timeout = account_sid, base_url, http_timeout
+
+    def clock_offset(self) -> float:
+        """How many seconds our clock runs ahead of Twilio's (negative: behind): the median of
+        the last few responses' Date headers, so one slow answer does not move it; 0 before
+        the first answer."""
+        return statistics.median(self._http.offsets) if self._http.offsets else 0.0
 
     # -- the four verbs the engine needs ------------------------------------------------------
 
@@ -128,13 +163,18 @@ class TwilioCalls:
         return found
 
     def recent(self, to: str, from_: str, since: float) -> list[CallInfo]:
-        """Calls to `to` from `from_` created at or after `since` (epoch s), newest first.
+        """Calls to `to` from `from_` created at or after `since` (epoch s, our clock), newest
+        first.
 
         Filters on date_created client-side: StartTime is empty while a call is queued.
+        date_created is Twilio's clock: when ours runs ahead, `since` moves back by the measured
+        offset (measured on this very answer too), so a call whose create answer was lost is
+        still found. It only ever widens the window: a call is never missed for a clock.
         """
         found: list[CallInfo] = []
         try:
             page = self._client.calls.page(to=to, from_=from_, page_size=50)
+            since -= max(self.clock_offset(), 0.0)
             while page is not None:
                 calls = [_info(c) for c in page]
                 for info in calls:
@@ -189,12 +229,12 @@ class TwilioCalls:
         if isinstance(exc, TwilioException):  # list()/page() errors: the response is args[1]
             response = exc.args[1] if len(exc.args) > 1 else None
             status = getattr(response, "status_code", None)
-            return self._classify(status, None, "Twilio did not answer a list request", creating)
-        if isinstance(exc, requests.exceptions.RequestException):
-            what = type(exc).__name__
-            if creating:
-                return TwilioFailure("unknown", f"no answer from Twilio ({what})")
-            return TwilioFailure("retry", f"no answer from Twilio ({what})")
+            if status is not None:
+                return self._classify(status, None, f"Twilio answered HTTP {status}", creating)
+        if isinstance(exc, requests.exceptions.RequestException | TwilioException):
+            why = unreachable_reason(exc, self.http_timeout)
+            kind = "unknown" if creating else "retry"
+            return TwilioFailure(kind, why, unreachable=True)
         raise exc
 
     def _classify(
@@ -207,12 +247,33 @@ class TwilioCalls:
         if status in (401, 403) or code == 20003:
             return TwilioFailure("account", "Twilio refused the credentials", code, status)
         if status >= 500 or status == 0:
-            return TwilioFailure("unknown" if creating else "retry", message, code, status)
+            kind = "unknown" if creating else "retry"
+            return TwilioFailure(kind, message, code, status, self._retry_after())
         if status == 404 and not creating:
             return TwilioFailure("not_found", message, code, status)
         if creating and code in PER_LEAD_CODES:
             return TwilioFailure("rejected", message, code, status)
         return TwilioFailure("account", message, code, status)
+
+
+def unreachable_reason(exc: BaseException, timeout: float) -> str:
+    """Why no answer came, in words a user can act on (the exception names are urllib3's)."""
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e).lower()
+    if isinstance(exc, requests.exceptions.Timeout) or "timed out" in text:
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    if "refused" in text:
+        return "connection refused"
+    if "resolve" in text or "name or service" in text or "nodename" in text:
+        return "host not found"
+    if "unreachable" in text:
+        return "network unreachable"
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        return "invalid URL"
+    if "aborted" in text or "reset" in text or "disconnected" in text:
+        return "connection closed without an answer"
+    return type(exc).__name__
 
 
 def _message(exc: TwilioRestException) -> str:

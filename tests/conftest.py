@@ -74,8 +74,8 @@ def sim(clock: FakeClock) -> Iterator[Simulator]:
 
 
 @pytest.fixture
-def calls(sim: Simulator) -> TwilioCalls:
-    return TwilioCalls(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, sim.url, http_timeout=5)
+def calls(sim: Simulator, clock: FakeClock) -> TwilioCalls:
+    return TwilioCalls(DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, sim.url, 5, clock=clock)
 
 
 @pytest.fixture

@@ -176,7 +176,7 @@ def test_doctor_on_a_working_and_a_broken_setup(tmp_path, monkeypatch):
             "doctor", "--campaign", "nightly", "--config", cfg, "--db", tmp_path / "d.db"
         )
         assert good.exit_code == 0, good.output
-        assert [line.split()[0] for line in good.stdout.splitlines()] == ["ok"] * 5
+        assert [line.split()[0] for line in good.stdout.splitlines()] == ["ok"] * 6
         monkeypatch.setenv("TWILIO_AUTH_TOKEN", "wrong-token-123")
         bad = run_cli("doctor", "--campaign", "nightly", "--config", cfg, "--db", tmp_path)
         assert bad.exit_code == 1

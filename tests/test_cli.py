@@ -90,9 +90,9 @@ def test_same_source_twice_needs_new_or_names_the_run_to_resume(tmp_path, live_s
     assert fresh.exit_code == 0 and fresh.stdout.startswith("run 2")
     invoke("stop", "2", "--db", db)  # completed already: stop says so
     live_sim.faults.p_429 = 1.0  # Twilio refuses every create: the third run is left unfinished
-    seen = len(live_sim.requests())
+    seen = len(live_sim.creates())
     third = dialer("start", csv, "--config", cfg, "--new", "--db", db)
-    wait_for(lambda: len(live_sim.requests()) > seen, what="a refused create")
+    wait_for(lambda: len(live_sim.creates()) > seen, what="a refused create")
     third.terminate()
     assert third.wait(30) == 3
     busy = invoke("start", csv, "--config", cfg, "--db", db)
@@ -393,9 +393,9 @@ def test_resume_refuses_another_accounts_credentials(tmp_path, live_sim, monkeyp
     cfg = write_config(tmp_path / "c.yaml", live_sim, poll_interval=0.02)
     db = tmp_path / "d.db"
     live_sim.faults.p_429 = 1.0
-    seen = len(live_sim.requests())
+    seen = len(live_sim.creates())
     proc = dialer("start", leads_csv(tmp_path / "l.csv", 2), "--config", cfg, "--db", db)
-    wait_for(lambda: len(live_sim.requests()) > seen, what="a refused create")
+    wait_for(lambda: len(live_sim.creates()) > seen, what="a refused create")
     proc.terminate()
     assert proc.wait(30) == 3
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "1" * 32)

@@ -223,7 +223,7 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ("dialing: {poll_interval: 0}", "dialing.poll_interval: expected a number > 0, got 0"),
         (
             "dialing: {reconcile_grace: -1}",
-            "dialing.reconcile_grace: expected a number ≥ 0, got -1",
+            "dialing.reconcile_grace: expected a number > 0, got -1",
         ),
         ("dialing: {max_attempts: 0}", "dialing.max_attempts: expected a whole number ≥ 1, got 0"),
         ("twilio: {http_timeout: 0}", "twilio.http_timeout: expected a number > 0, got 0"),
@@ -268,7 +268,7 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ),
         (
             "twilio: {base_url: 'ftp://x'}",
-            "twilio.base_url: expected an http:// or https:// URL, got 'ftp://x'",
+            "twilio.base_url: expected an http:// or https:// URL with a host, got 'ftp://x'",
         ),
         (
             "twilio: {from_number: +14155550100}",

@@ -21,7 +21,7 @@ from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simula
 from dialer_cli.store import SCHEMA_VERSION, Store
 
 FROM = "+14155550100"
-NAMES = ["config", "database", "source", "twilio", "from"]
+NAMES = ["config", "database", "source", "twilio", "clock", "from"]
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_missing_credentials(tmp_path: Path, sim: Simulator, crm: Path) -> None:
 def test_twilio_does_not_answer(tmp_path: Path, sim: Simulator, crm: Path) -> None:
     config = write_config(tmp_path, sim, crm, base_url="http://127.0.0.1:1")
     problem = failed(diagnose(config, tmp_path / "d.db"))["twilio"]
-    assert problem.startswith("no answer from Twilio (ConnectionError) at http://127.0.0.1:1")
+    assert problem.startswith("cannot reach Twilio at http://127.0.0.1:1 (connection refused)")
 
 
 def test_from_number_not_owned(tmp_path: Path, sim: Simulator, crm: Path) -> None:
@@ -237,7 +237,7 @@ def test_missing_table_in_the_source(tmp_path: Path, sim: Simulator, crm: Path) 
 def test_unknown_campaign(tmp_path: Path, sim: Simulator, crm: Path) -> None:
     config = write_config(tmp_path, sim, crm)
     checks = diagnose(config, tmp_path / "d.db", campaign="weekly")
-    assert [c.name for c in checks] == ["config", "database", "twilio", "from"]
+    assert [c.name for c in checks] == ["config", "database", "twilio", "clock", "from"]
     assert failed(checks) == {
         "config": f"{config}: unknown campaign 'weekly'; known: nightly, broken"
     }

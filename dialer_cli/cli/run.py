@@ -277,6 +277,7 @@ def start(
         if not target.simulated:
             require_message(settings)  # after the credentials: those come first in the file
         intake.check_templates(settings, lead_source.columns)
+        runner.reach(target, "nothing was written")  # bad input first, then is Twilio there?
         with campaign_lock(db, campaign):
             with new_database_or_none(db) as store:
                 run_id = intake.existing_campaign_run(store, campaign, target, new)
@@ -442,7 +443,8 @@ def target_context(
     settings: Settings, simulate: bool, speed: float, seed: int
 ) -> Iterator[runner.Target]:
     if simulate:
-        with runner.simulator_target(speed, seed, settings.twilio.http_timeout) as target:
+        tw = settings.twilio
+        with runner.simulator_target(speed, seed, tw.http_timeout, tw.give_up_after) as target:
             yield target
     else:
         yield runner.twilio_target(settings)
@@ -480,6 +482,7 @@ def resume(
     settings = settings_for(config)
     output = Output(as_json, quiet, log_file, mask)
     with run_target(run_, settings, sim_speed) as target:
+        runner.reach(target, f"run {run_id} was left as it was")
         drive_and_report(
             store,
             run_id,
@@ -494,7 +497,8 @@ def resume(
 @contextmanager
 def run_target(run_: Any, settings: Settings, speed: float) -> Iterator[runner.Target]:
     if run_.simulated:
-        with runner.simulator_target(speed, 0, settings.twilio.http_timeout) as target:
+        tw = settings.twilio
+        with runner.simulator_target(speed, 0, tw.http_timeout, tw.give_up_after) as target:
             yield target
     else:
         yield runner.target_for_run(run_, settings)
@@ -539,22 +543,23 @@ def cleanup_stuck(
 ) -> None:
     """Settle calls left dialing or calling by a dead process, by asking Twilio.
 
+    Says what it did, run by run; exits 1 if Twilio cannot be reached (nothing is settled).
+
     Example: dialer cleanup-stuck --run 7
     """
     store = open_store(db)
     settings = settings_for(config)
     candidates = [store.get_run(run)] if run is not None else store.runs()
-    for run_ in candidates:
-        if not store.counts(run_.id)["in_progress"]:
-            continue
+    stuck = [(r, n) for r in candidates if (n := store.counts(r.id)["in_progress"])]
+    if not stuck:
+        where = f"run {run} has" if run is not None else "no run has"
+        err.print(f"nothing stuck: {where} calls in flight", markup=False)
+    for run_, before in stuck:
+        events: list[Any] = []
         with run_target(run_, settings, 20.0) as target:
+            runner.reach(target, f"run {run_.id}'s {before} calls in flight were left as they were")
             runner.drive(
-                store,
-                run_.id,
-                target,
-                on_event=render.LineView(sys.stderr).on_event,
-                stop_mode="drain",
-                passes=1,
+                store, run_.id, target, on_event=events.append, stop_mode="drain", passes=1
             )
         left = store.counts(run_.id)["in_progress"]
-        err.print(f"run {run_.id}: {left} still in flight at Twilio; `dialer resume {run_.id}`")
+        err.print(render.cleanup_line(run_.id, before, left, events), markup=False)
