@@ -15,9 +15,11 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dialer_cli import migrations
 from dialer_cli.errors import InputError, StoreError
+from dialer_cli.migrations import LIVE
 from dialer_cli.models import (
     IN_FLIGHT,
     OUTCOME_OF_STATUS,
@@ -32,79 +34,12 @@ from dialer_cli.models import (
     RunStatus,
 )
 
-SCHEMA_VERSION = 1
-LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
+if TYPE_CHECKING:
+    import sqlite_utils
+
+SCHEMA_VERSION = migrations.latest()
 TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
-
-SCHEMA_V1 = f"""
-CREATE TABLE runs (
-  id INTEGER PRIMARY KEY,
-  source TEXT NOT NULL,
-  source_key TEXT NOT NULL,
-  campaign TEXT,
-  status TEXT NOT NULL,
-  concurrency INTEGER NOT NULL,
-  target TEXT NOT NULL,
-  base_url TEXT,
-  from_number TEXT,
-  settings TEXT NOT NULL DEFAULT '{{}}',
-  error TEXT,
-  owner_id TEXT, owner_pid INTEGER, owner_host TEXT, heartbeat_at REAL,
-  stop_mode TEXT,
-  created_at REAL NOT NULL, started_at REAL, finished_at REAL
-);
-CREATE INDEX runs_source ON runs(source_key, status);
-CREATE INDEX runs_campaign ON runs(campaign, status);
-CREATE TABLE jobs (
-  id INTEGER PRIMARY KEY,
-  run_id INTEGER NOT NULL REFERENCES runs(id),
-  line INTEGER NOT NULL,
-  phone TEXT NOT NULL,
-  e164 TEXT,
-  name TEXT NOT NULL DEFAULT '',
-  fields TEXT NOT NULL,
-  state TEXT NOT NULL,
-  outcome TEXT,
-  skip_reason TEXT, skip_detail TEXT,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  next_at REAL,
-  wait TEXT,
-  tz TEXT,
-  token TEXT,
-  call_sid TEXT, twilio_status TEXT, status_at REAL,
-  error_code INTEGER, error_message TEXT,
-  updated_at REAL
-);
-CREATE INDEX jobs_run_state ON jobs(run_id, state, outcome);
-CREATE INDEX jobs_queue ON jobs(run_id, id) WHERE state = 'queued';
-CREATE INDEX jobs_run_wait ON jobs(run_id, state, next_at, wait);
-CREATE INDEX jobs_token ON jobs(token) WHERE token IS NOT NULL;
-CREATE INDEX jobs_skipped ON jobs(run_id, skip_reason) WHERE state = 'skipped';
-CREATE UNIQUE INDEX jobs_live_number ON jobs(e164) WHERE state IN {LIVE};
-CREATE TABLE calls (
-  id INTEGER PRIMARY KEY,
-  token TEXT NOT NULL UNIQUE,
-  job_id INTEGER NOT NULL REFERENCES jobs(id),
-  run_id INTEGER NOT NULL REFERENCES runs(id),
-  to_number TEXT NOT NULL,
-  from_number TEXT NOT NULL,
-  claimed_at REAL NOT NULL,
-  result TEXT NOT NULL DEFAULT 'pending',
-  call_sid TEXT,
-  twilio_status TEXT,
-  checks INTEGER NOT NULL DEFAULT 0,
-  started_at REAL, ended_at REAL, duration_s INTEGER, answered_by TEXT,
-  error_code INTEGER, error_message TEXT
-);
-CREATE INDEX calls_run ON calls(run_id, id);
-CREATE INDEX calls_run_status ON calls(run_id, twilio_status, duration_s, claimed_at, ended_at);
-CREATE INDEX calls_job ON calls(job_id);
-CREATE INDEX calls_sid ON calls(call_sid);
-CREATE TABLE dnc (e164 TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT);
-"""
-
-MIGRATIONS: list[str] = [SCHEMA_V1]
 
 _RUN_COLUMNS = (
     "id, source, source_key, campaign, status, concurrency, target, base_url, from_number, "
@@ -220,12 +155,7 @@ class Store:
     def _migrate(self) -> None:
         # Two processes may open a new database at once: the version is re-read under the lock.
         with self.transaction():
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                self.conn.execute(f"PRAGMA user_version = {number}")
+            migrations.migrate(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -885,7 +815,16 @@ class Store:
         return cur.rowcount
 
     def dnc_list(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.read("SELECT e164, added_at, source FROM dnc ORDER BY e164")]
+        return list(self.db["dnc"].rows_where(order_by="e164"))
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over this connection, for the schema and the cold paths where it reads
+        better (rows as dicts). The claim and the loop's queries stay plain SQL: they are the
+        hot path, and importing sqlite-utils costs start-up 0.14 s that `status` must not pay."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     def answered_in_campaign(self, campaign: str, since: float | None) -> set[str]:
         """Numbers whose call was answered in a run of this campaign (since a time, or ever)."""
