@@ -115,19 +115,28 @@ class RunLock(NamedLock):
 
 
 def driver_alive(db_path: str | Path, run: Run, now: float, stale_after: float = 60.0) -> bool:
-    """Whether some process is driving the run right now (for `status` and `stop`).
+    """Whether some process is driving the run right now (for `status` and `stop`)."""
+    host = run.owner_host if run.owner_pid is not None else None
+    return driven(db_path, run.id, host, run.heartbeat_at, now, stale_after)
 
-    The run's lock decides: a driver that is stalled (SIGSTOP, a pass slower than a minute)
-    still holds it and will still act on a stop. Only a driver recorded on another host, whose
-    lock this host may not see, is judged by the age of its heartbeat.
-    """
-    if is_locked(db_path, run_lock_name(run.id)):
+
+def driven(
+    db_path: str | Path,
+    run_id: int,
+    host: str | None,
+    heartbeat_at: float | None,
+    now: float,
+    stale_after: float = 60.0,
+) -> bool:
+    """The run's lock decides: a driver that is stalled (SIGSTOP, a pass slower than a minute)
+    still holds it and will still act on a stop, and still dials once it wakes. Only a driver
+    recorded on another host, whose lock this host may not see, is judged by the age of its
+    heartbeat."""
+    if is_locked(db_path, run_lock_name(run_id)):
         return True
-    if run.owner_pid is None or run.heartbeat_at is None:
+    if heartbeat_at is None or host in (None, socket.gethostname()):
         return False
-    if run.owner_host in (None, socket.gethostname()):
-        return False
-    return now - run.heartbeat_at < stale_after
+    return now - heartbeat_at < stale_after
 
 
 def identity() -> tuple[int, str]:

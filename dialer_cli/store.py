@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dialer_cli import migrations
+from dialer_cli import lease, migrations
 from dialer_cli.errors import InputError, StoreError
 from dialer_cli.migrations import LIVE
 from dialer_cli.models import (
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = migrations.latest()
 TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
-DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
 
 _RUN_COLUMNS = (
     "id, source, source_key, campaign, status, concurrency, target, base_url, from_number, "
@@ -423,21 +422,27 @@ class Store:
         ).fetchone()
         return int(row[0])
 
-    @staticmethod
-    def _limit(conn: sqlite3.Connection, run_id: int, run: sqlite3.Row, now: float) -> int:
+    def _limit(self, conn: sqlite3.Connection, run_id: int, run: sqlite3.Row, now: float) -> int:
         """The smallest N among the runs dialling through this account right now.
 
         Each run's N is a promise about the account, so while several runs dial through one
-        account, the strictest holds for all. A run counts while it is driven (a fresh heartbeat)
-        or still has calls in flight; a crashed run with nothing in flight no longer does.
+        account, the strictest holds for all. A run counts while its driver holds the run's lock
+        (stalled or not: it dials again when it wakes) or while it still has calls in flight; a
+        crashed run with nothing in flight no longer does.
         """
-        row = conn.execute(
-            f"SELECT min(concurrency) FROM runs r WHERE r.target = ? AND (r.id = ? OR "
-            f"(r.status IN ('running','stopping') AND (r.heartbeat_at >= ? OR EXISTS "
-            f"(SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state IN {LIVE}))))",
-            (run["target"], run_id, now - DRIVER_STALE_S),
-        ).fetchone()
-        return int(row[0] if row[0] is not None else run["concurrency"])
+        rows = conn.execute(
+            f"SELECT id, concurrency, owner_host, heartbeat_at, EXISTS (SELECT 1 FROM jobs j "
+            f"WHERE j.run_id = r.id AND j.state IN {LIVE}) AS busy FROM runs r "
+            f"WHERE r.target = ? AND (r.id = ? OR r.status IN ('running','stopping'))",
+            (run["target"], run_id),
+        ).fetchall()
+        return min(
+            r["concurrency"]
+            for r in rows
+            if r["id"] == run_id
+            or r["busy"]
+            or lease.driven(self.path, r["id"], r["owner_host"], r["heartbeat_at"], now)
+        )
 
     @staticmethod
     def _next_job(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dialer_cli import intake, rules, runner
+from dialer_cli import intake, lease, rules, runner
 from dialer_cli.models import CallParams, JobState, Lead, RunStatus
 from dialer_cli.simulator import CallPlan
 from tests.conftest import FROM, make_leads, new_run, wait_for
@@ -136,6 +136,20 @@ def test_runs_with_different_n_on_one_account_keep_to_the_smallest(store, sim, h
         a.tick(), b.tick()
         a.clock.advance(1.0)
     assert sim.max_live() == 2
+
+
+def test_a_stalled_driver_still_narrows_the_account(store, sim, harness, clock):
+    """Its heartbeat is an hour old (SIGSTOP, a slow Twilio), but it holds its run's lock and
+    will dial the moment it wakes: its N still holds for the account."""
+    sim._plan = long_calls()
+    narrow = new_run(store, make_leads(1, start=300), concurrency=2)
+    store.take_over(narrow, "stalled", 1, "h", clock.now)
+    clock.advance(3600.0)
+    with lease.RunLock(store.path, narrow) as lock:
+        lock.acquire_run()
+        h = harness(new_run(store, make_leads(5, start=100), concurrency=5))
+        h.tick()
+    assert len(sim.calls()) == 2
 
 
 def test_a_crashed_run_with_nothing_in_flight_no_longer_narrows_the_account(

@@ -407,9 +407,9 @@ CLAIM_SQL = {
         "AND (j.state != 'reviewing' OR c.id IS NOT NULL)"
     ),
     "smallest N": (
-        "SELECT min(concurrency) FROM runs r WHERE r.target = ? AND (r.id = ? OR "
-        "(r.status IN ('running','stopping') AND (r.heartbeat_at >= ? OR EXISTS "
-        f"(SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.state IN {LIVE}))))"
+        "SELECT id, concurrency, owner_host, heartbeat_at, EXISTS (SELECT 1 FROM jobs j "
+        f"WHERE j.run_id = r.id AND j.state IN {LIVE}) AS busy FROM runs r "
+        "WHERE r.target = ? AND (r.id = ? OR r.status IN ('running','stopping'))"
     ),
     "outside hours": "UPDATE jobs SET next_at=?, wait='hours', updated_at=? WHERE id=?",
     "next lead": NEXT_LEAD.format(hours=""),
