@@ -32,7 +32,6 @@ from dialer_cli.models import (
     RunStatus,
 )
 
-SCHEMA_VERSION = 1
 LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
 TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
@@ -104,13 +103,55 @@ CREATE INDEX calls_sid ON calls(call_sid);
 CREATE TABLE dnc (e164 TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT);
 """
 
-MIGRATIONS: list[str] = [SCHEMA_V1]
+FINAL = "('completed','failed','skipped','needs_review')"  # a lead that will not change again
+
+# Issue 12, outcomes written back to the source (dialer_cli/writeback.py): the outbox. Triggers
+# on jobs queue a row the moment a lead of a run with a `writeback` statement reaches a final
+# state, in the transaction that put it there, whichever path did (import, claim, end, review).
+WRITEBACK_OUTBOX = f"""
+CREATE TABLE writeback (
+  job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+  run_id INTEGER NOT NULL,
+  state TEXT NOT NULL DEFAULT 'pending',
+  tries INTEGER NOT NULL DEFAULT 0,
+  next_at REAL NOT NULL DEFAULT 0,
+  error TEXT,
+  tried_at REAL,
+  written_at REAL
+);
+CREATE INDEX writeback_run ON writeback(run_id, state, next_at);
+CREATE TRIGGER writeback_on_insert AFTER INSERT ON jobs WHEN NEW.state IN {FINAL}
+BEGIN
+  INSERT OR IGNORE INTO writeback (job_id, run_id) SELECT NEW.id, NEW.run_id FROM runs
+  WHERE id = NEW.run_id AND json_extract(settings, '$.writeback') IS NOT NULL;
+END;
+CREATE TRIGGER writeback_on_final AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN {FINAL} AND OLD.state NOT IN {FINAL}
+BEGIN
+  INSERT OR IGNORE INTO writeback (job_id, run_id) SELECT NEW.id, NEW.run_id FROM runs
+  WHERE id = NEW.run_id AND json_extract(settings, '$.writeback') IS NOT NULL;
+END;
+"""
+
+MIGRATIONS: list[str] = [SCHEMA_V1, WRITEBACK_OUTBOX]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 _RUN_COLUMNS = (
     "id, source, source_key, campaign, status, concurrency, target, base_url, from_number, "
     "settings, error, owner_pid, owner_host, heartbeat_at, stop_mode, created_at, started_at, "
     "finished_at"
 )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, a trigger's body (with its own semicolons) whole."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
 
 
 def _run(row: sqlite3.Row) -> Run:
@@ -222,9 +263,8 @@ class Store:
         with self.transaction():
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+                for statement in _statements(script):
+                    self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
@@ -330,6 +370,7 @@ class Store:
 
     def delete_run(self, run_id: int) -> None:
         with self.transaction() as conn:
+            conn.execute("DELETE FROM writeback WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM jobs WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
@@ -899,6 +940,73 @@ class Store:
     def dnc_numbers(self) -> set[str]:
         """The whole list, for an import (one query, not one per lead)."""
         return {r[0] for r in self.read("SELECT e164 FROM dnc")}
+
+    # -- the write-back outbox (dialer_cli/writeback.py) --------------------------------------
+
+    def writeback_due(self, run_id: int, now: float | None, limit: int) -> list[int]:
+        """Jobs whose outcome waits to be written, oldest first; `now=None`: also those
+        backing off (the flush on exit tries everything once)."""
+        rows = self.read(
+            "SELECT job_id FROM writeback WHERE run_id=? AND state='pending' AND next_at<=? "
+            "ORDER BY next_at, job_id LIMIT ?",
+            (run_id, float("inf") if now is None else now, limit),
+        )
+        return [r[0] for r in rows]
+
+    def writeback_written(self, job_ids: Collection[int], now: float) -> None:
+        """Called only after the source database committed these rows."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE writeback SET state='written', error=NULL, tries=tries+1, tried_at=?, "
+                "written_at=? WHERE job_id=?",
+                ((now, now, job_id) for job_id in job_ids),
+            )
+
+    def writeback_refused(self, job_id: int, error: str, now: float) -> None:
+        """The source refused this row (a constraint): recorded, never retried by itself."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE writeback SET state='failed', error=?, tries=tries+1, tried_at=? "
+                "WHERE job_id=?",
+                (error, now, job_id),
+            )
+
+    def writeback_later(
+        self, job_ids: Collection[int], error: str, delay: Callable[[int], float], now: float
+    ) -> None:
+        """The source could not be reached: try again after `delay(tries)` seconds."""
+        with self.transaction() as conn:
+            for job_id in job_ids:
+                row = conn.execute("SELECT tries FROM writeback WHERE job_id=?", (job_id,))
+                tries = int(row.fetchone()[0]) + 1
+                conn.execute(
+                    "UPDATE writeback SET tries=?, error=?, tried_at=?, next_at=? WHERE job_id=?",
+                    (tries, error, now, now + delay(tries), job_id),
+                )
+
+    def writeback_retry_failed(self, run_id: int) -> int:
+        """Refused rows become pending again (`dialer writeback --retry-failed`)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE writeback SET state='pending', next_at=0 WHERE run_id=? AND state='failed'",
+                (run_id,),
+            )
+        return cur.rowcount
+
+    def writeback_counts(self, run_id: int) -> dict[str, Any]:
+        """`status --json`'s `writeback` object: rows by state and the latest error of a row
+        not yet written (null once everything went through)."""
+        counts = {"pending": 0, "written": 0, "failed": 0}
+        for state, n in self.read(
+            "SELECT state, count(*) FROM writeback WHERE run_id=? GROUP BY state", (run_id,)
+        ):
+            counts[state] = n
+        last = self.read(
+            "SELECT error FROM writeback WHERE run_id=? AND state IN ('pending','failed') "
+            "AND error IS NOT NULL ORDER BY tried_at DESC LIMIT 1",
+            (run_id,),
+        )
+        return {**counts, "last_error": last[0][0] if last else None}
 
 
 def _outcome(status: str) -> str:
