@@ -120,6 +120,7 @@ CREATE TABLE writeback (
   written_at REAL
 );
 CREATE INDEX writeback_run ON writeback(run_id, state, next_at);
+CREATE INDEX writeback_errors ON writeback(run_id, tried_at) WHERE error IS NOT NULL;
 CREATE TRIGGER writeback_on_insert AFTER INSERT ON jobs WHEN NEW.state IN {FINAL}
 BEGIN
   INSERT OR IGNORE INTO writeback (job_id, run_id) SELECT NEW.id, NEW.run_id FROM runs
@@ -1001,9 +1002,9 @@ class Store:
             "SELECT state, count(*) FROM writeback WHERE run_id=? GROUP BY state", (run_id,)
         ):
             counts[state] = n
-        last = self.read(
-            "SELECT error FROM writeback WHERE run_id=? AND state IN ('pending','failed') "
-            "AND error IS NOT NULL ORDER BY tried_at DESC LIMIT 1",
+        last = self.read(  # a written row has no error: this is the latest of the others
+            "SELECT error FROM writeback WHERE run_id=? AND error IS NOT NULL "
+            "ORDER BY tried_at DESC LIMIT 1",
             (run_id,),
         )
         return {**counts, "last_error": last[0][0] if last else None}

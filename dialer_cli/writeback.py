@@ -340,6 +340,8 @@ class Writer:
         """Write every due row (`waiting_too`: also rows backing off), BATCH at a time, until
         none is left (True) or the source cannot be reached or time is up (False)."""
         while until is None or self.clock() < until:
+            if until is None and self._stop.is_set():
+                return False  # `close` was asked: the bounded flush takes over
             due = store.writeback_due(self.run_id, None if waiting_too else self.clock(), BATCH)
             if not due:
                 return True
