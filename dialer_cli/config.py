@@ -210,6 +210,7 @@ class CampaignSettings:
     source: str
     query: str | None = None
     table: str | None = None
+    writeback: str | None = None  # SQL run once per lead that reached a final state
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # has secrets
 
 
@@ -348,6 +349,8 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             rows.append((key, _display(value), settings.sources.get(key, "default")))
     for c in settings.campaigns.values():
         rows.append((f"campaigns.{c.name}.source", c.source, f"file {settings.path}"))
+        if c.writeback:
+            rows.append((f"campaigns.{c.name}.writeback", c.writeback, f"file {settings.path}"))
     return rows
 
 
@@ -470,7 +473,7 @@ def _campaigns(body: object, where: str, base: Path | None) -> dict[str, Campaig
     for name, raw in _as_mapping(body, where, "campaigns").items():
         label = f"campaigns.{name}."
         spec = _as_mapping(raw, where, label.rstrip("."))
-        flat = _sections(spec, where, label, ("source", "query", "table"))
+        flat = _sections(spec, where, label, ("source", "query", "table", "writeback"))
         _apply({}, {}, flat, where, "", base, label)
         source = _checked(_text, spec.get("source", ""), where, label + "source")
         if not source.strip():
@@ -479,8 +482,9 @@ def _campaigns(body: object, where: str, base: Path | None) -> dict[str, Campaig
         table = _checked(_optional(_text), spec.get("table"), where, label + "table")
         if query and table:
             raise ConfigError(f"{where}: {label}query and table are both set; keep one")
+        writeback = _checked(_optional(_text), spec.get("writeback"), where, label + "writeback")
         sections = {s: dict(_as_mapping(spec[s], where, s)) for s in _CHECKS if s in spec}
-        result[str(name)] = CampaignSettings(str(name), source, query, table, sections)
+        result[str(name)] = CampaignSettings(str(name), source, query, table, writeback, sections)
     return result
 
 

@@ -78,6 +78,7 @@ def import_run(
     campaign: str | None = None,
     *,
     new: bool = False,
+    writeback: dict[str, str] | None = None,
 ) -> int:
     """Create the run from the source in one transaction, applying the rules known at import:
     do-not-call lists, template checks, each lead's time zones for calling hours.
@@ -85,6 +86,7 @@ def import_run(
     Unless `new` (the user asked for a second run) or the run belongs to a campaign (whose
     lock and `existing_campaign_run` decide), the same transaction first refuses a source
     that already has a run (`refuse_rerun`): of two starts at once, exactly one imports.
+    `writeback` (writeback.spec) is kept with the run: its final leads then feed the outbox.
     """
     check_templates(settings, source.columns)
     skip = import_rules(store, settings, source.name, campaign, now)
@@ -97,7 +99,9 @@ def import_run(
         base_url=None if target.simulated else target.base_url,
         from_number=target.from_number,
         concurrency=settings.dialing.concurrency,
-        settings=run_settings(settings) | ({"sim_speed": target.speed} if target.simulated else {}),
+        settings=run_settings(settings)
+        | ({"sim_speed": target.speed} if target.simulated else {})
+        | ({"writeback": writeback} if writeback else {}),
         now=now,
         campaign=campaign,
         skip=skip,

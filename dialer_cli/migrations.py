@@ -149,3 +149,45 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["dnc"].create(
         {"e164": str, "added_at": float, "source": str}, pk="e164", not_null={"added_at"}
     )
+
+
+FINAL = "('completed','failed','skipped','needs_review')"  # a lead that will not change again
+
+
+@migration
+def m002_writeback_outbox(db: sqlite_utils.Database) -> None:
+    """Outcomes to write back to the lead source (dialer_cli/writeback.py). Triggers on jobs
+    queue a row the moment a lead of a run with a `writeback` statement reaches a final state,
+    in the transaction that put it there, whichever path did (import, claim, end, review)."""
+    db["writeback"].create(
+        {
+            "job_id": int,
+            "run_id": int,
+            "state": str,
+            "tries": int,
+            "next_at": float,
+            "error": str,
+            "tried_at": float,
+            "written_at": float,
+        },
+        pk="job_id",
+        foreign_keys=[("job_id", "jobs", "id")],
+        not_null={"run_id", "state", "tries", "next_at"},
+        defaults={"state": "pending", "tries": 0, "next_at": 0},
+    )
+    db["writeback"].create_index(["run_id", "state", "next_at"], index_name="writeback_run")
+    db.execute(
+        "CREATE INDEX writeback_errors ON writeback(run_id, tried_at) WHERE error IS NOT NULL"
+    )
+    queue = (
+        "INSERT OR IGNORE INTO writeback (job_id, run_id) SELECT NEW.id, NEW.run_id FROM runs "
+        "WHERE id = NEW.run_id AND json_extract(settings, '$.writeback') IS NOT NULL;"
+    )
+    db.execute(
+        f"CREATE TRIGGER writeback_on_insert AFTER INSERT ON jobs "
+        f"WHEN NEW.state IN {FINAL} BEGIN {queue} END"
+    )
+    db.execute(
+        f"CREATE TRIGGER writeback_on_final AFTER UPDATE OF state ON jobs "
+        f"WHEN NEW.state IN {FINAL} AND OLD.state NOT IN {FINAL} BEGIN {queue} END"
+    )

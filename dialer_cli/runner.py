@@ -229,8 +229,13 @@ def drive(
     passes: int | None = None,
     no_wait: bool = False,
     deadline: float | None = None,
+    writeback_flush: float | None = None,
 ) -> str:
-    """Take the run's lock, become its driver and loop until it ends. Returns the final status."""
+    """Take the run's lock, become its driver and loop until it ends. Returns the final status.
+
+    A run with a `writeback` statement gets its writer thread for as long as it is driven; on
+    the way out, pending rows are tried once more for at most `writeback_flush` seconds.
+    """
     run_ = store.get_run(run_id)
     with lease.RunLock(store.path, run_id) as lock:
         lock.acquire_run(run_)
@@ -252,6 +257,7 @@ def drive(
             deadline=deadline,
             should_drain=should_drain,
         )
+        writer = start_writer(store, run_)
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
         try:
             if passes is None:
@@ -264,6 +270,9 @@ def drive(
             if current.status in (RunStatus.RUNNING, RunStatus.STOPPING):
                 store.set_status(run_id, RunStatus.STOPPED, clock(), owner_id=owner)
             raise
+        finally:
+            if writer is not None:
+                writer.close(writeback_flush)
     if stop_mode is not None and dialer.unreachable:
         # cleanup-stuck, stop --cancel-active: what could not be asked is not reported as done
         raise UnreachableError(
@@ -285,6 +294,16 @@ def _passes(dialer: Dialer, passes: int, on_event: Callable[[Event], None]) -> s
         dialer.run_id, RunStatus.STOPPED, dialer.clock(), owner_id=dialer.owner_id
     )
     return RunStatus.STOPPED
+
+
+def start_writer(store: Store, run_: Run) -> Any:
+    """The thread writing outcomes back to the run's source, if it has a statement."""
+    setting = run_.settings.get("writeback")
+    if not isinstance(setting, dict):
+        return None
+    from dialer_cli.writeback import Writer
+
+    return Writer(store.path, run_.id, setting).start()
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -328,6 +347,7 @@ def snapshot(store: Store, run_id: int, now: float) -> dict[str, Any]:
         "created_at": iso(run_.created_at),
         "started_at": iso(run_.started_at),
         "finished_at": iso(run_.finished_at),
+        "writeback": store.writeback_counts(run_id) if run_.settings.get("writeback") else None,
     }
 
 

@@ -277,9 +277,7 @@ class _Rows:
         problem, hint = _STAGES[stage]
         if stage == "query" and self.what.table is not None:
             problem, hint = f"cannot read table {self.what.table}", "check the table name"
-        return LeadsError(
-            self.url.scrub(f"{self.name}: {problem} ({_driver_message(exc)}); {hint}")
-        )
+        return LeadsError(self.url.scrub(f"{self.name}: {problem} ({driver_message(exc)}); {hint}"))
 
 
 _STAGES = {
@@ -289,7 +287,7 @@ _STAGES = {
 }
 
 
-def _driver_message(exc: BaseException) -> str:
+def driver_message(exc: BaseException) -> str:
     """The driver's own words, first line only: SQLAlchemy's wrapper repeats the SQL and a link."""
     orig = getattr(exc, "orig", None) or exc
     args = getattr(orig, "args", ())
@@ -359,8 +357,7 @@ def _guarded(
 def _sqlalchemy(
     url: DatabaseUrl, what: _Selection, count: bool, fail: Fail
 ) -> Iterator[tuple[list[str], Rows]]:
-    sa = _import_sqlalchemy(url, what)
-    engine = _engine(sa, url, what)
+    sa, engine = open_engine(url, what.describe(url))
     try:
         try:
             conn = engine.connect()
@@ -379,34 +376,31 @@ def _sqlalchemy(
         engine.dispose()
 
 
-def _import_sqlalchemy(url: DatabaseUrl, what: _Selection) -> Any:
+def open_engine(url: DatabaseUrl, name: str) -> tuple[Any, Any]:
+    """SQLAlchemy and an engine for a server URL: no pool (each connection is closed with its
+    user) and a bounded connect time. `name` is how a message names the source."""
     try:
-        import sqlalchemy
+        import sqlalchemy as sa
     except ImportError:
-        raise _missing_extra(url, what) from None
-    return sqlalchemy
-
-
-def _missing_extra(url: DatabaseUrl, what: _Selection) -> LeadsError:
-    extra = EXTRAS[url.driver]
-    return LeadsError(
-        f"{what.describe(url)}: reading {extra.replace('postgres', 'PostgreSQL')} needs the "
-        f"{extra} extra: pip install 'dialer-cli[{extra}]'"
-    )
-
-
-def _engine(sa: Any, url: DatabaseUrl, what: _Selection) -> Any:
-    """No pool (one connection, closed with the result) and a bounded connect time."""
+        raise _missing_extra(url, name) from None
     try:
         parsed = sa.engine.make_url(url.raw).set(drivername=url.driver)
         args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT}
-        return sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=args)
+        return sa, sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=args)
     except ImportError:  # the driver (psycopg, pymysql) is missing, sqlalchemy is not
-        raise _missing_extra(url, what) from None
+        raise _missing_extra(url, name) from None
     except (sa.exc.ArgumentError, ValueError) as exc:
         raise LeadsError(
-            url.scrub(f"{url.masked}: not a valid database URL ({_driver_message(exc)})")
+            url.scrub(f"{url.masked}: not a valid database URL ({driver_message(exc)})")
         ) from None
+
+
+def _missing_extra(url: DatabaseUrl, name: str) -> LeadsError:
+    extra = EXTRAS[url.driver]
+    return LeadsError(
+        f"{name}: reading {extra.replace('postgres', 'PostgreSQL')} needs the "
+        f"{extra} extra: pip install 'dialer-cli[{extra}]'"
+    )
 
 
 def _statement(sa: Any, what: _Selection, count: bool) -> Any:

@@ -259,6 +259,7 @@ class Store:
 
     def delete_run(self, run_id: int) -> None:
         with self.transaction() as conn:
+            conn.execute("DELETE FROM writeback WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM jobs WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
@@ -843,6 +844,73 @@ class Store:
     def dnc_numbers(self) -> set[str]:
         """The whole list, for an import (one query, not one per lead)."""
         return {r[0] for r in self.read("SELECT e164 FROM dnc")}
+
+    # -- the write-back outbox (dialer_cli/writeback.py) --------------------------------------
+
+    def writeback_due(self, run_id: int, now: float | None, limit: int) -> list[int]:
+        """Jobs whose outcome waits to be written, oldest first; `now=None`: also those
+        backing off (the flush on exit tries everything once)."""
+        rows = self.read(
+            "SELECT job_id FROM writeback WHERE run_id=? AND state='pending' AND next_at<=? "
+            "ORDER BY next_at, job_id LIMIT ?",
+            (run_id, float("inf") if now is None else now, limit),
+        )
+        return [r[0] for r in rows]
+
+    def writeback_written(self, job_ids: Collection[int], now: float) -> None:
+        """Called only after the source database committed these rows."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE writeback SET state='written', error=NULL, tries=tries+1, tried_at=?, "
+                "written_at=? WHERE job_id=?",
+                ((now, now, job_id) for job_id in job_ids),
+            )
+
+    def writeback_refused(self, job_id: int, error: str, now: float) -> None:
+        """The source refused this row (a constraint): recorded, never retried by itself."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE writeback SET state='failed', error=?, tries=tries+1, tried_at=? "
+                "WHERE job_id=?",
+                (error, now, job_id),
+            )
+
+    def writeback_later(
+        self, job_ids: Collection[int], error: str, delay: Callable[[int], float], now: float
+    ) -> None:
+        """The source could not be reached: try again after `delay(tries)` seconds."""
+        with self.transaction() as conn:
+            for job_id in job_ids:
+                row = conn.execute("SELECT tries FROM writeback WHERE job_id=?", (job_id,))
+                tries = int(row.fetchone()[0]) + 1
+                conn.execute(
+                    "UPDATE writeback SET tries=?, error=?, tried_at=?, next_at=? WHERE job_id=?",
+                    (tries, error, now, now + delay(tries), job_id),
+                )
+
+    def writeback_retry_failed(self, run_id: int) -> int:
+        """Refused rows become pending again (`dialer writeback --retry-failed`)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE writeback SET state='pending', next_at=0 WHERE run_id=? AND state='failed'",
+                (run_id,),
+            )
+        return cur.rowcount
+
+    def writeback_counts(self, run_id: int) -> dict[str, Any]:
+        """`status --json`'s `writeback` object: rows by state and the latest error of a row
+        not yet written (null once everything went through)."""
+        counts = {"pending": 0, "written": 0, "failed": 0}
+        for state, n in self.read(
+            "SELECT state, count(*) FROM writeback WHERE run_id=? GROUP BY state", (run_id,)
+        ):
+            counts[state] = n
+        last = self.read(  # a written row has no error: this is the latest of the others
+            "SELECT error FROM writeback WHERE run_id=? AND error IS NOT NULL "
+            "ORDER BY tried_at DESC LIMIT 1",
+            (run_id,),
+        )
+        return {**counts, "last_error": last[0][0] if last else None}
 
 
 def _outcome(status: str) -> str:

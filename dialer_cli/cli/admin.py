@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from dialer_cli import runner
+from dialer_cli import lease, runner
 from dialer_cli.cli.common import (
     App,
     ConfigOption,
@@ -175,6 +175,49 @@ def dnc_import(
         f"{skipped}",
         markup=False,
     )
+
+
+@app.command("writeback")
+@guarded
+def writeback_command(
+    run_id: Annotated[int, typer.Argument(help="The run whose outcomes to write.")],
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Also try again the rows the source refused.")
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Write the outcomes still pending to the run's source; exit 1 unless all are written.
+
+    Example: dialer writeback 7
+    """
+    from dialer_cli import writeback
+
+    store = open_store(db)
+    setting = store.get_run(run_id).settings.get("writeback")
+    if not isinstance(setting, dict):
+        raise InputError(f"run {run_id} has no writeback statement; nothing to write")
+    with lease.NamedLock(store.path, writeback.lock_name(run_id)) as lock:
+        lock.acquire(f"run {run_id}: its driver is writing its outcomes back right now")
+        if retry_failed:
+            store.writeback_retry_failed(run_id)
+        writer = writeback.Writer(store.path, run_id, setting)
+        try:
+            writer.write_pending(store, writer.sink, waiting_too=True)
+        finally:
+            writer.sink.close()
+    counts = store.writeback_counts(run_id)
+    if as_json:
+        print(json.dumps(counts, ensure_ascii=False))
+    else:
+        print(
+            f"run {run_id}: {counts['written']} written, {counts['pending']} pending, "
+            f"{counts['failed']} refused by the source"
+        )
+        if counts["last_error"]:
+            err.print(f"last error: {counts['last_error']}", markup=False)
+    if counts["pending"] or counts["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -137,9 +137,23 @@ def drive_and_report(
         print(json.dumps({"event": "status", **snap}, ensure_ascii=False))
     else:
         print(summary, flush=True)
+    if snap["writeback"] and (snap["writeback"]["pending"] or snap["writeback"]["failed"]):
+        line = writeback_line(run_id, snap["writeback"])
+        output.log(line)
+        if not output.as_json:
+            err.print(line, markup=False)  # also with -q: the CRM is missing outcomes
     if status == RunStatus.STOPPED:
         output.message(f"run {run_id} stopped; continue it with `dialer resume {run_id}`")
         raise typer.Exit(EXIT_STOPPED)
+
+
+def writeback_line(run_id: int, counts: dict[str, Any]) -> str:
+    """What the CRM is still missing, and the command that sends it."""
+    error = f" (last error: {counts['last_error']})" if counts["last_error"] else ""
+    return (
+        f"write-back: {counts['pending']} pending, {counts['failed']} refused by the source"
+        f"{error}; `dialer writeback {run_id}` writes what is pending"
+    )
 
 
 def confirm(count: int, target: runner.Target, yes: bool, says: str) -> bool:
@@ -220,6 +234,14 @@ def start(
     ] = None,
     query: Annotated[str | None, typer.Option("--query", help="SQL selecting the leads.")] = None,
     table: Annotated[str | None, typer.Option("--table", help="A table of leads.")] = None,
+    writeback: Annotated[
+        str | None,
+        typer.Option(
+            "--writeback",
+            help="SQL run on the source for each lead that ends, e.g. "
+            "UPDATE leads SET status = :outcome WHERE id = :id",
+        ),
+    ] = None,
     concurrency: ConcurrencyOption = None,
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Dial the built-in Twilio simulator, not Twilio.")
@@ -260,6 +282,7 @@ def start(
         source = source or chosen.source
         if query is None and table is None:
             query, table = chosen.query, chosen.table
+        writeback = writeback if writeback is not None else chosen.writeback
     if source is None:
         raise InputError("start needs a SOURCE (a CSV file or a database URL) or --campaign NAME")
     lead_source = open_source(
@@ -269,6 +292,7 @@ def start(
         phone_column=settings.leads.phone_column,
         default_region=settings.leads.default_region,
     )
+    writeback_spec = checked_writeback(source, writeback, lead_source.columns)
     if dry_run:
         show_dry_run(lead_source, settings, db, simulate, as_json)
         return
@@ -287,7 +311,14 @@ def start(
                 if run_id is None:
                     now = time.time()
                     run_id = intake.import_run(
-                        store, lead_source, settings, target, now, campaign, new=new
+                        store,
+                        lead_source,
+                        settings,
+                        target,
+                        now,
+                        campaign,
+                        new=new,
+                        writeback=writeback_spec,
                     )
                     confirm_or_discard(store, run_id, target, yes, what_is_said(settings))
             if resuming:
@@ -304,6 +335,16 @@ def start(
                 no_wait=no_wait,
                 deadline=deadline,
             )
+
+
+def checked_writeback(source: str, sql: str | None, columns: list[str]) -> dict[str, str] | None:
+    """The run's write-back setting, once the statement is known to be able to work."""
+    if sql is None:
+        return None
+    from dialer_cli import writeback
+
+    writeback.check(source, sql, columns)
+    return writeback.spec(source, sql)
 
 
 def confirm_or_discard(
