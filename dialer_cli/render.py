@@ -84,6 +84,9 @@ _SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
     ),
     "deadline": lambda e, who, d: "deadline reached: no new calls; waiting for calls in flight",
     "run-finished": lambda e, who, d: f"run {e.run_id} {d['status']}",
+    "prices-waiting": lambda e, who, d: (
+        f"waiting up to {d['wait_s']:.0f}s for Twilio to price {plural(d['calls'], 'call')}"
+    ),
 }
 
 
@@ -472,8 +475,10 @@ class _Fit:
         yield self.build(options.max_width)
 
 
-def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:
-    """The final summary on stdout."""
+def summary_line(
+    snap: dict[str, Any], seconds: float | None = None, cost: dict[str, Any] | None = None
+) -> str:
+    """The final summary on stdout; with `cost` (report.cost), what the calls cost."""
     outcomes = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in snap["outcomes"].items() if v)
     skipped = ""
     if snap["skipped"]:
@@ -483,5 +488,17 @@ def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:
     left = f"; {snap['queued']} still queued" if snap["queued"] else ""
     return (
         f"run {snap['run_id']} {snap['status']}{took}: {plural(snap['total_leads'], 'lead')}"
-        f"{': ' + outcomes if outcomes else ''}{left}{skipped}"
+        f"{': ' + outcomes if outcomes else ''}{left}{skipped}{cost_text(cost)}"
     )
+
+
+def cost_text(cost: dict[str, Any] | None) -> str:
+    """`; cost 0.039 USD`, saying how many answered calls Twilio has not priced yet."""
+    if cost is None or (cost["unit"] is None and not cost["calls_without_price"]):
+        return ""
+    amount = "unknown" if cost["amount"] is None else f"{cost['amount']:.5f}".rstrip("0")
+    amount = amount.removesuffix(".")
+    unit = f" {cost['unit']}" if cost["unit"] else ""
+    missing = cost["calls_without_price"]
+    without = f" ({plural(missing, 'call')} without a price yet)" if missing else ""
+    return f"; cost {amount}{unit}{without}"

@@ -25,6 +25,7 @@ from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, Rules, run
 from dialer_cli.errors import ConfigError, InputError
 from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Run, RunStatus
+from dialer_cli.prices import PriceCollector
 from dialer_cli.store import Store
 
 SIMULATED = "simulated"
@@ -115,9 +116,14 @@ def _section(run_: Run, name: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _speed(target: Target) -> float:
+    """How much faster than ours a simulated Twilio's time runs (1 for Twilio)."""
+    return target.speed if target.simulated else 1.0
+
+
 def options_for(run_: Run, target: Target) -> Options:
     dialing, call = _section(run_, "dialing"), _section(run_, "call")
-    speed = target.speed if target.simulated else 1.0
+    speed = _speed(target)
     ring = float(call.get("timeout") or 60)  # Twilio rings 60 s when Timeout is not sent
     talk = float(call.get("time_limit") or 14400)  # and allows 4 h without TimeLimit
     return Options(
@@ -200,8 +206,14 @@ def drive(
     passes: int | None = None,
     no_wait: bool = False,
     deadline: float | None = None,
+    tend: Callable[[float], None] = lambda now: None,
 ) -> str:
-    """Take the run's lock, become its driver and loop until it ends. Returns the final status."""
+    """Take the run's lock, become its driver and loop until it ends. Returns the final status.
+
+    Between the loop's passes (never inside one, so never between a claim and its create),
+    prices are collected and `tend(now)` runs (the metrics file); a run that ends then waits,
+    boundedly, for the prices of its last calls.
+    """
     run_ = store.get_run(run_id)
     with lease.RunLock(store.path, run_id) as lock:
         lock.acquire_run(run_)
@@ -224,9 +236,29 @@ def drive(
             should_drain=should_drain,
         )
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
+        collector = PriceCollector(store, dialer.calls, run_id, speed=_speed(target))
+
+        def between_passes(seconds: float) -> None:
+            if stop_mode is None:
+                collector.tend(clock())
+            tend(clock())
+            sleep(seconds)
+
         try:
             if passes is None:
-                return run(dialer, sleep=sleep, on_event=on_event, should_drain=should_drain)
+                status = run(
+                    dialer, sleep=between_passes, on_event=on_event, should_drain=should_drain
+                )
+                if stop_mode is None:
+                    collector.finish(
+                        clock=clock,
+                        sleep=sleep,
+                        give_up=should_drain,
+                        waiting=lambda n, s: on_event(
+                            Event("prices-waiting", clock(), run_id, {"calls": n, "wait_s": s})
+                        ),
+                    )
+                return status
             for _ in range(passes):
                 tick = dialer.tick()
                 for event in tick.events:

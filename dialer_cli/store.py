@@ -32,7 +32,6 @@ from dialer_cli.models import (
     RunStatus,
 )
 
-SCHEMA_VERSION = 1
 LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
 TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
@@ -104,7 +103,17 @@ CREATE INDEX calls_sid ON calls(call_sid);
 CREATE TABLE dnc (e164 TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT);
 """
 
-MIGRATIONS: list[str] = [SCHEMA_V1]
+# Issue 12, cost per call: Twilio's price and price_unit, filled in some time after a call ends
+# (prices.py collects them); the partial index finds the answered calls still missing one.
+MIGRATION_PRICES = """
+ALTER TABLE calls ADD COLUMN price TEXT;
+ALTER TABLE calls ADD COLUMN price_unit TEXT;
+CREATE INDEX calls_unpriced ON calls(run_id, ended_at)
+  WHERE twilio_status = 'completed' AND price IS NULL;
+"""
+
+MIGRATIONS: list[str] = [SCHEMA_V1, MIGRATION_PRICES]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 _RUN_COLUMNS = (
     "id, source, source_key, campaign, status, concurrency, target, base_url, from_number, "
@@ -870,6 +879,27 @@ class Store:
             [*params, size, (page - 1) * size],
         )
         return [dict(r) for r in rows], int(total)
+
+    # -- prices (prices.py) ---------------------------------------------------------------------
+
+    def unpriced(self, run_id: int, ended_since: float) -> list[sqlite3.Row]:
+        """Answered calls of the run that ended since then and still have no price (the only
+        calls Twilio charges: one that never connected costs nothing). Oldest first."""
+        return self.read(
+            "SELECT call_sid, claimed_at, ended_at FROM calls WHERE run_id=? "
+            "AND twilio_status='completed' AND price IS NULL AND ended_at >= ? "
+            "AND call_sid IS NOT NULL ORDER BY ended_at",
+            (run_id, ended_since),
+        )
+
+    def set_prices(self, prices: Iterable[tuple[str, str, str | None]]) -> int:
+        """Record Twilio's (sid, price, price_unit); a price once known is never rewritten."""
+        with self.transaction() as conn:
+            cur = conn.executemany(
+                "UPDATE calls SET price=?, price_unit=? WHERE call_sid=? AND price IS NULL",
+                ((price, unit, sid) for sid, price, unit in prices),
+            )
+        return cur.rowcount
 
     def dnc_add(self, numbers: Iterable[str], source: str, now: float) -> int:
         with self.transaction() as conn:
