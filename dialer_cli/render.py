@@ -382,7 +382,9 @@ def _whole_percents(rates: dict[str, float]) -> dict[str, str]:
     return {k: f"{v}%" for k, v in floors.items()}
 
 
-def _stat(key: str, value: float) -> str:
+def _stat(key: str, value: Any) -> str:
+    if key == "cost":
+        return cost_value(value)
     return _percent(value) if key.endswith(("_rate", "utilisation")) else f"{value:g}"
 
 
@@ -493,12 +495,16 @@ def summary_line(
 
 
 def cost_text(cost: dict[str, Any] | None) -> str:
-    """`; cost 0.039 USD`, saying how many answered calls Twilio has not priced yet."""
+    """`; cost 0.039 USD` for the summary line; nothing while no call has been charged."""
     if cost is None or (cost["unit"] is None and not cost["calls_without_price"]):
         return ""
+    return f"; cost {cost_value(cost)}"
+
+
+def cost_value(cost: dict[str, Any]) -> str:
+    """`0.039 USD (2 calls without a price yet)`: stats.cost in words, to Twilio's precision."""
     amount = "unknown" if cost["amount"] is None else f"{cost['amount']:.5f}".rstrip("0")
-    amount = amount.removesuffix(".")
     unit = f" {cost['unit']}" if cost["unit"] else ""
     missing = cost["calls_without_price"]
     without = f" ({plural(missing, 'call')} without a price yet)" if missing else ""
-    return f"; cost {amount}{unit}{without}"
+    return f"{amount.removesuffix('.')}{unit}{without}"

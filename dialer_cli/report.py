@@ -210,22 +210,25 @@ def cost(store: Store, run_id: int) -> dict[str, Any]:
     `calls_without_price` counts the answered calls whose price Twilio has not given yet.
     Only answered calls are charged: one that never connected costs nothing.
 
-    One GROUP BY over the (run_id, 'completed') range of calls_run_status.
+    Two reads of partial indexes (calls_priced covers the sum, calls_unpriced the count), so
+    neither visits the table.
     """
     rows = store.read(
-        "SELECT price_unit AS unit, count(*) - count(price) AS missing, "
-        "total(CAST(price AS REAL)) AS amount FROM calls "
-        "WHERE run_id=? AND twilio_status='completed' GROUP BY price_unit",
+        "SELECT price_unit AS unit, total(CAST(price AS REAL)) AS amount FROM calls "
+        "WHERE run_id=? AND price IS NOT NULL GROUP BY price_unit",
         (run_id,),
     )
-    units = sorted(r["unit"] for r in rows if r["unit"] is not None)
-    amount: float | None = round(-sum(r["amount"] for r in rows), 5) or 0.0
-    if len(units) > 1:
-        amount = None
+    missing = store.read(
+        "SELECT count(*) FROM calls INDEXED BY calls_unpriced WHERE run_id=? "
+        "AND twilio_status='completed' AND price IS NULL",
+        (run_id,),
+    )[0][0]
+    units = sorted(r["unit"] or "" for r in rows)
+    amount = round(-sum(r["amount"] for r in rows), 5) or 0.0
     return {
-        "amount": amount,
+        "amount": amount if len(units) <= 1 else None,
         "unit": ",".join(units) or None,
-        "calls_without_price": sum(r["missing"] for r in rows),
+        "calls_without_price": int(missing),
     }
 
 
