@@ -199,16 +199,17 @@ class MetricsFile:
         self.path, self.store, self.run_id, self.every = path, store, run_id, every
         self._next_at = -math.inf
 
-    def tend(self, now: float) -> None:
-        """Between passes: write if EVERY seconds have passed. A failed write (disk full) is
-        tried again next time rather than stopping the calls."""
+    def tend(self, now: float) -> bool:
+        """Between passes: write if EVERY seconds have passed; True if it wrote. A failed write
+        (disk full) is tried again next time rather than stopping the calls."""
         if now < self._next_at:
-            return
+            return False
         self._next_at = now + self.every
         try:
             self.write(now)
         except OSError:
-            pass
+            return False
+        return True
 
     def write(self, now: float, exit_status: int | None = None) -> None:
         write_atomically(self.path, text(self.store, self.run_id, now, exit_status))

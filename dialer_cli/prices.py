@@ -67,15 +67,19 @@ class PriceCollector:
     def collect(self, now: float) -> int:
         """One list request for the answered calls still missing a price (none if no call is
         missing one). Returns how many still are."""
+        return self._collect(now)[0]
+
+    def _collect(self, now: float) -> tuple[int, bool]:
+        """(calls still missing a price, whether Twilio answered)."""
         missing = self.store.unpriced(self.run_id, now - self.patience)
         if not missing:
-            return 0
+            return 0, True
         day = datetime.fromtimestamp(missing[0]["ended_at"] - CLOCK_SKEW, UTC).date().isoformat()
         since = min(r["claimed_at"] for r in missing) - CLOCK_SKEW
         try:
             found = self.calls.completed(day, since)
         except TwilioFailure:
-            return len(missing)
+            return len(missing), False
         wanted = {r["call_sid"] for r in missing}
         prices = [
             (c.sid, c.price or "", c.price_unit)
@@ -84,7 +88,7 @@ class PriceCollector:
         ]
         if prices:
             self.store.set_prices(prices)
-        return len(missing) - len({sid for sid, _, _ in prices})
+        return len(missing) - len({sid for sid, _, _ in prices}), True
 
     def finish(
         self,
@@ -95,15 +99,15 @@ class PriceCollector:
         waiting: Callable[[int, float], None] = lambda calls, seconds: None,
     ) -> int:
         """The end of the run: ask at once, then every `final_every` s until every answered call
-        has its price, `final_wait` s have passed, or `give_up()` (Ctrl-C). `waiting(calls,
-        seconds)` is told once, before the first wait. Returns how many calls are still
-        without a price."""
+        has its price, `final_wait` s have passed, Twilio fails to answer (a cron job does not
+        hang on a dead network for prices), or `give_up()` (Ctrl-C). `waiting(calls, seconds)`
+        is told once, before the first wait. Returns how many calls are still without a price."""
         deadline = clock() + self.final_wait
         announced = False
         while True:
-            left = self.collect(clock())
+            left, answered = self._collect(clock())
             now = clock()
-            if not left or give_up() or now >= deadline:
+            if not left or not answered or give_up() or now >= deadline:
                 return left
             if not announced:
                 waiting(left, deadline - now)

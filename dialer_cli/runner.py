@@ -30,6 +30,7 @@ from dialer_cli.store import Store
 
 SIMULATED = "simulated"
 SIM_FROM_NUMBER = "+15005550006"  # Twilio's test-credentials From number that always passes
+SIM_PRICE_DELAY = 10.0  # simulated seconds before the simulator prices an ended call, as Twilio
 DEFAULT_TWIML = "<Response><Say>Hello. This is a test call from dialer.</Say></Response>"
 
 
@@ -72,7 +73,7 @@ def simulator_target(speed: float, seed: int, http_timeout: float) -> Iterator[T
     """Serve the built-in simulator on a free loopback port for the length of a run."""
     from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 
-    with Simulator(speed=speed, seed=seed) as sim:
+    with Simulator(speed=speed, seed=seed, price_delay_s=SIM_PRICE_DELAY) as sim:
         yield Target(
             DEFAULT_ACCOUNT_SID,
             DEFAULT_AUTH_TOKEN,
@@ -206,7 +207,7 @@ def drive(
     passes: int | None = None,
     no_wait: bool = False,
     deadline: float | None = None,
-    tend: Callable[[float], None] = lambda now: None,
+    tend: Callable[[float], object] = lambda now: None,
 ) -> str:
     """Take the run's lock, become its driver and loop until it ends. Returns the final status.
 

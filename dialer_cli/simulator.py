@@ -336,11 +336,12 @@ class Simulator:
                  auth_token: str = DEFAULT_AUTH_TOKEN, clock: Callable[[], float] = time.time,
                  speed: float = 1.0, seed: int = 0,
                  plan: Callable[[str, int], CallPlan] | None = None, faults: Faults | None = None,
-                 from_numbers: Iterable[str] | None = None, price_delay_s: float = 30.0,
+                 from_numbers: Iterable[str] | None = None, price_delay_s: float = 0.0,
                  price_per_minute: str = "0.01300") -> None:  # fmt: skip
         self.account_sid, self.auth_token = account_sid, auth_token
         # Twilio prices a call some time after it ends ("May not be immediately available"):
         # null until price_delay_s simulated seconds after the end, then per started minute.
+        # 0 by default so that tests on real time never wait; `--simulate` runs use a delay.
         self.price_delay_s, self.price_per_minute = price_delay_s, Decimal(price_per_minute)
         self.clock, self.speed, self.faults = clock, speed, faults or Faults()
         self._plan = plan or (lambda to, nth: default_plan(seed, to, nth))

@@ -163,7 +163,7 @@ def drive_and_summarise(
     concurrency: int | None,
     no_wait: bool,
     deadline: float | None,
-    tend: Callable[[float], None] = lambda now: None,
+    tend: Callable[[float], object] = lambda now: None,
 ) -> None:
     view = output.view(store, run_id)
     started = time.time()
