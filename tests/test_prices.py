@@ -4,6 +4,7 @@ a bounded number of list requests, shown in the report, in stats.cost and in the
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from itertools import pairwise
@@ -20,6 +21,7 @@ from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simula
 from dialer_cli.store import Store
 from dialer_cli.twilio_adapter import TwilioCalls
 from tests.conftest import FROM, ROOT, FakeClock, fixed_plan, make_leads, new_run
+from tests.contract import validate_request
 
 cli = CliRunner()
 
@@ -70,6 +72,9 @@ def test_every_answered_call_gets_its_price_for_far_less_than_a_request_per_call
     allowed = (finished - store.get_run(run_id).started_at) / prices.EVERY + 5
     assert len(asked) <= allowed < 40 / 3  # 8 for these 40 calls
     assert {r.params["Status"][0] for r in asked} == {"completed"}
+    assert [validate_request(r.method, r.path, r.params) for r in asked] == [[]] * len(asked)
+    # filtered on the day form Twilio documents (whether it honours a time of day is unverified)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", r.params["EndTime>"][0]) for r in asked)
 
 
 @pytest.mark.parametrize("priced_sim", [("completed", 1e9)], indirect=True)
