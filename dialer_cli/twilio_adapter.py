@@ -80,8 +80,8 @@ def _info(call: Any) -> CallInfo:
         duration=int(duration) if duration not in (None, "") else None,
         answered_by=call.answered_by or None,
         direction=call.direction or None,
-        price=getattr(call, "price", None) or None,
-        price_unit=getattr(call, "price_unit", None) or None,
+        price=call.price or None,
+        price_unit=call.price_unit or None,
     )
 
 

@@ -167,3 +167,15 @@ def test_a_simulated_run_shows_its_cost_in_status_runs_report_and_summary(tmp_pa
     assert all(r["price"] is None for r in rows if r["outcome"] != "answered")
     amount = f"{cost['amount']:.5f}".rstrip("0")
     assert f"; cost {amount} USD" in result.stdout.strip().splitlines()[-1]
+
+
+def test_start_json_ends_with_the_status_object_and_its_cost(tmp_path: Path):
+    args = ["start", str(ROOT / "leads.sample.csv"), "--simulate", "--sim-speed", "200", "--json"]
+    result = cli.invoke(app, [*args, "--db", str(tmp_path / "d.db")])
+    assert result.exit_code == 0, result.stderr
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    status = json.loads(
+        cli.invoke(app, ["status", "1", "--json", "--db", str(tmp_path / "d.db")]).stdout
+    )
+    assert last["event"] == "status" and last["stats"]["cost"] == status["stats"]["cost"]
+    assert last["stats"]["cost"]["unit"] == "USD"

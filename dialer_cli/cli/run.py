@@ -185,8 +185,8 @@ def drive_and_summarise(
             )
     finally:
         view.close()
-    snap = runner.snapshot(store, run_id, time.time())
-    summary = render.summary_line(snap, time.time() - started, report.cost(store, run_id))
+    snap = report.status_object(store, run_id, time.time())  # with stats: the cost, too
+    summary = render.summary_line(snap, time.time() - started, snap["stats"]["cost"])
     output.log(summary)
     if output.as_json:
         print(json.dumps({"event": "status", **snap}, ensure_ascii=False))
