@@ -191,3 +191,19 @@ def m002_writeback_outbox(db: sqlite_utils.Database) -> None:
         f"CREATE TRIGGER writeback_on_final AFTER UPDATE OF state ON jobs "
         f"WHEN NEW.state IN {FINAL} AND OLD.state NOT IN {FINAL} BEGIN {queue} END"
     )
+
+
+@migration
+def m003_call_prices(db: sqlite_utils.Database) -> None:
+    """Twilio's price and price_unit, filled in some time after a call ends (prices.py). Two
+    partial indexes keep stats.cost as fast as the other statistics: one finds the answered
+    calls still missing a price, one covers the sum of the prices known."""
+    db["calls"].add_column("price", str)
+    db["calls"].add_column("price_unit", str)
+    db.execute(
+        "CREATE INDEX calls_unpriced ON calls(run_id, ended_at) "
+        "WHERE twilio_status = 'completed' AND price IS NULL"
+    )
+    db.execute(
+        "CREATE INDEX calls_priced ON calls(run_id, price_unit, price) WHERE price IS NOT NULL"
+    )

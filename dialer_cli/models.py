@@ -99,6 +99,8 @@ class CallInfo:
     duration: int | None = None
     answered_by: str | None = None
     direction: str | None = None
+    price: str | None = None  # negative decimal string; null until some time after the end
+    price_unit: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -95,6 +95,9 @@ _SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
         f"are left for `dialer resume {e.run_id}` to settle"
     ),
     "run-finished": lambda e, who, d: f"run {e.run_id} {d['status']}",
+    "prices-waiting": lambda e, who, d: (
+        f"waiting up to {d['wait_s']:.0f}s for Twilio to price {plural(d['calls'], 'call')}"
+    ),
 }
 
 
@@ -405,7 +408,9 @@ def _whole_percents(rates: dict[str, float]) -> dict[str, str]:
     return {k: f"{v}%" for k, v in floors.items()}
 
 
-def _stat(key: str, value: float) -> str:
+def _stat(key: str, value: Any) -> str:
+    if key == "cost":
+        return cost_value(value)
     return _percent(value) if key.endswith(("_rate", "utilisation")) else f"{value:g}"
 
 
@@ -515,8 +520,10 @@ def cleanup_line(run_id: int, before: int, left: int, events: list[Event]) -> st
     return f"run {run_id}: {done}{detail}{rest}"
 
 
-def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:
-    """The final summary on stdout."""
+def summary_line(
+    snap: dict[str, Any], seconds: float | None = None, cost: dict[str, Any] | None = None
+) -> str:
+    """The final summary on stdout; with `cost` (report.cost), what the calls cost."""
     outcomes = ", ".join(f"{v} {k.replace('_', '-')}" for k, v in snap["outcomes"].items() if v)
     skipped = ""
     if snap["skipped"]:
@@ -526,5 +533,21 @@ def summary_line(snap: dict[str, Any], seconds: float | None = None) -> str:
     left = f"; {snap['queued']} still queued" if snap["queued"] else ""
     return (
         f"run {snap['run_id']} {snap['status']}{took}: {plural(snap['total_leads'], 'lead')}"
-        f"{': ' + outcomes if outcomes else ''}{left}{skipped}"
+        f"{': ' + outcomes if outcomes else ''}{left}{skipped}{cost_text(cost)}"
     )
+
+
+def cost_text(cost: dict[str, Any] | None) -> str:
+    """`; cost 0.039 USD` for the summary line; nothing while no call has been charged."""
+    if cost is None or (cost["unit"] is None and not cost["calls_without_price"]):
+        return ""
+    return f"; cost {cost_value(cost)}"
+
+
+def cost_value(cost: dict[str, Any]) -> str:
+    """`0.039 USD (2 calls without a price yet)`: stats.cost in words, to Twilio's precision."""
+    amount = "unknown" if cost["amount"] is None else f"{cost['amount']:.5f}".rstrip("0")
+    unit = f" {cost['unit']}" if cost["unit"] else ""
+    missing = cost["calls_without_price"]
+    without = f" ({plural(missing, 'call')} without a price yet)" if missing else ""
+    return f"{amount.removesuffix('.')}{unit}{without}"

@@ -13,6 +13,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from typing import Any, TextIO
 
 from dialer_cli import runner
@@ -24,7 +25,7 @@ ETA_WINDOW = 200  # the mean call length is taken over this many latest ended ca
 PAGE = 2000  # report rows read per query: bounded memory, no read transaction held for long
 REPORT_COLUMNS = tuple(
     "e164 outcome attempts call_sid answered_by ring_s talk_s error_code error_message "
-    "first_attempt_at last_attempt_at".split()
+    "first_attempt_at last_attempt_at price price_unit".split()
 )
 
 
@@ -121,7 +122,7 @@ def recent(store: Store, run_id: int, limit: int = 5) -> list[dict[str, Any]]:
         {
             "name": r["name"],
             "to": r["to"],
-            "outcome": _call_outcome(r["twilio_status"], r["result"]),
+            "outcome": call_outcome(r["twilio_status"], r["result"]),
             "talk_s": r["duration_s"] if r["twilio_status"] == "completed" else None,
             "ended_at": r["ended_at"],
             "error_code": r["error_code"],
@@ -130,7 +131,7 @@ def recent(store: Store, run_id: int, limit: int = 5) -> list[dict[str, Any]]:
     ]
 
 
-def _call_outcome(twilio_status: str | None, result: str) -> str:
+def call_outcome(twilio_status: str | None, result: str) -> str:
     if result == "rejected":
         return "rejected"
     outcome = OUTCOME_OF_STATUS.get(twilio_status or "")
@@ -198,6 +199,36 @@ def stats(store: Store, run_id: int, now: float) -> dict[str, Any]:
         "talk_minutes": round(talk / 60, 2),
         "calls_per_hour": round(placed / (hours * _speed(run_)), 1) if hours else None,
         "utilisation": round(min(sum(r["held"] for r in rows) / slots, 1.0), 3) if slots else None,
+        "cost": cost(store, run_id),
+    }
+
+
+def cost(store: Store, run_id: int) -> dict[str, Any]:
+    """What the run's calls cost so far: `amount` is the sum of Twilio's prices with the sign
+    flipped (Twilio writes a charge as a negative price), in `unit` (None before the first
+    price; several currencies, never seen on one account, give None and the units joined);
+    `calls_without_price` counts the answered calls whose price Twilio has not given yet.
+    Only answered calls are charged: one that never connected costs nothing.
+
+    Two reads of partial indexes (calls_priced covers the sum, calls_unpriced the count), so
+    neither visits the table.
+    """
+    rows = store.read(
+        "SELECT price_unit AS unit, total(CAST(price AS REAL)) AS amount FROM calls "
+        "WHERE run_id=? AND price IS NOT NULL GROUP BY price_unit",
+        (run_id,),
+    )
+    missing = store.read(
+        "SELECT count(*) FROM calls INDEXED BY calls_unpriced WHERE run_id=? "
+        "AND twilio_status='completed' AND price IS NULL",
+        (run_id,),
+    )[0][0]
+    units = sorted(r["unit"] or "" for r in rows)
+    amount = round(-sum(r["amount"] for r in rows), 5) or 0.0
+    return {
+        "amount": amount if len(units) <= 1 else None,
+        "unit": ",".join(units) or None,
+        "calls_without_price": int(missing),
     }
 
 
@@ -251,7 +282,8 @@ def _rows(store: Store, run_id: int, now: float) -> Iterator[dict[str, Any]]:
 def _calls_by_job(store: Store, first: int, last: int) -> dict[int, list[sqlite3.Row]]:
     rows = store.read(
         "SELECT job_id, claimed_at, ended_at, duration_s, answered_by, call_sid, twilio_status, "
-        "error_code, error_message FROM calls WHERE job_id BETWEEN ? AND ? ORDER BY job_id, id",
+        "error_code, error_message, price, price_unit FROM calls WHERE job_id BETWEEN ? AND ? "
+        "ORDER BY job_id, id",
         (first, last),
     )
     out: dict[int, list[sqlite3.Row]] = {}
@@ -279,8 +311,19 @@ def _report_row(job: sqlite3.Row, calls: list[sqlite3.Row], now: float) -> dict[
         error_message=_error(job, calls, "error_message"),
         first_attempt_at=runner.iso(min(claims)) if claims else None,
         last_attempt_at=runner.iso(max(claims)) if claims else None,
+        **_price(placed),
     )
     return row
+
+
+def _price(placed: list[sqlite3.Row]) -> dict[str, str | None]:
+    """What the lead's calls cost, as Twilio writes prices (a retried lead adds its calls up);
+    empty while no call of it has a price, and for leads never connected (not charged)."""
+    priced = [c for c in placed if c["price"] is not None]
+    if not priced:
+        return {"price": None, "price_unit": None}
+    total = sum((Decimal(c["price"]) for c in priced), Decimal(0))
+    return {"price": str(total), "price_unit": priced[-1]["price_unit"]}
 
 
 def _duplicated(job: sqlite3.Row) -> str:

@@ -25,10 +25,12 @@ from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, Rules, run
 from dialer_cli.errors import ConfigError, InputError, TwilioFailure, UnreachableError
 from dialer_cli.models import OUTCOME_OF_STATUS, CallParams, Claim, Event, Run, RunStatus
+from dialer_cli.prices import PriceCollector
 from dialer_cli.store import Store
 
 SIMULATED = "simulated"
 SIM_FROM_NUMBER = "+15005550006"  # Twilio's test-credentials From number that always passes
+SIM_PRICE_DELAY = 10.0  # simulated seconds before the simulator prices an ended call, as Twilio
 DEFAULT_TWIML = "<Response><Say>Hello. This is a test call from dialer.</Say></Response>"
 
 
@@ -81,7 +83,7 @@ def simulator_target(
     """Serve the built-in simulator on a free loopback port for the length of a run."""
     from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 
-    with Simulator(speed=speed, seed=seed) as sim:
+    with Simulator(speed=speed, seed=seed, price_delay_s=SIM_PRICE_DELAY) as sim:
         yield Target(
             DEFAULT_ACCOUNT_SID,
             DEFAULT_AUTH_TOKEN,
@@ -143,9 +145,14 @@ def _section(run_: Run, name: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _speed(target: Target) -> float:
+    """How much faster than ours a simulated Twilio's time runs (1 for Twilio)."""
+    return target.speed if target.simulated else 1.0
+
+
 def options_for(run_: Run, target: Target) -> Options:
     dialing, call = _section(run_, "dialing"), _section(run_, "call")
-    speed = target.speed if target.simulated else 1.0
+    speed = _speed(target)
     ring = float(call.get("timeout") or 60)  # Twilio rings 60 s when Timeout is not sent
     talk = float(call.get("time_limit") or 14400)  # and allows 4 h without TimeLimit
     return Options(
@@ -230,11 +237,15 @@ def drive(
     no_wait: bool = False,
     deadline: float | None = None,
     writeback_flush: float | None = None,
+    tend: Callable[[float], object] = lambda now: None,
 ) -> str:
     """Take the run's lock, become its driver and loop until it ends. Returns the final status.
 
     A run with a `writeback` statement gets its writer thread for as long as it is driven; on
     the way out, pending rows are tried once more for at most `writeback_flush` seconds.
+    Between the loop's passes (never inside one, so never between a claim and its create),
+    prices are collected and `tend(now)` runs (the metrics file); a run that ends then waits,
+    boundedly, for the prices of its last calls.
     """
     run_ = store.get_run(run_id)
     with lease.RunLock(store.path, run_id) as lock:
@@ -259,9 +270,28 @@ def drive(
         )
         writer = start_writer(store, run_)
         on_event(Event("run-started", clock(), run_id, {"source": run_.source}))
+        collector = PriceCollector(store, dialer.calls, run_id, speed=_speed(target))
+
+        def between_passes(seconds: float) -> None:
+            if stop_mode is None:
+                collector.tend(clock())
+            tend(clock())
+            sleep(seconds)
+
         try:
             if passes is None:
-                status = run(dialer, sleep=sleep, on_event=on_event, should_drain=should_drain)
+                status = run(
+                    dialer, sleep=between_passes, on_event=on_event, should_drain=should_drain
+                )
+                if stop_mode is None:
+                    collector.finish(
+                        clock=clock,
+                        sleep=sleep,
+                        give_up=should_drain,
+                        waiting=lambda n, s: on_event(
+                            Event("prices-waiting", clock(), run_id, {"calls": n, "wait_s": s})
+                        ),
+                    )
             else:
                 status = _passes(dialer, passes, on_event)
         except BaseException:

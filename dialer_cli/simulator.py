@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import re
 import secrets
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import format_datetime, formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -336,8 +338,13 @@ class Simulator:
                  auth_token: str = DEFAULT_AUTH_TOKEN, clock: Callable[[], float] = time.time,
                  speed: float = 1.0, seed: int = 0,
                  plan: Callable[[str, int], CallPlan] | None = None, faults: Faults | None = None,
-                 from_numbers: Iterable[str] | None = None) -> None:  # fmt: skip
+                 from_numbers: Iterable[str] | None = None, price_delay_s: float = 0.0,
+                 price_per_minute: str = "0.01300") -> None:  # fmt: skip
         self.account_sid, self.auth_token = account_sid, auth_token
+        # Twilio prices a call some time after it ends ("May not be immediately available"):
+        # null until price_delay_s simulated seconds after the end, then per started minute.
+        # 0 by default so that tests on real time never wait; `--simulate` runs use a delay.
+        self.price_delay_s, self.price_per_minute = price_delay_s, Decimal(price_per_minute)
         self.clock, self.speed, self.faults = clock, speed, faults or Faults()
         self._plan = plan or (lambda to, nth: default_plan(seed, to, nth))
         self._numbers = None if from_numbers is None else list(dict.fromkeys(from_numbers))
@@ -618,12 +625,21 @@ class Simulator:
             "to_formatted": _formatted(c.to), "from": c.from_, "phone_number_sid": None,
             "from_formatted": _formatted(c.from_), "status": status,
             "start_time": _rfc2822(started),
-            "end_time": _rfc2822(ended), "duration": duration, "price": None, "price_unit": "USD",
+            "end_time": _rfc2822(ended), "duration": duration, "price_unit": "USD",
+            "price": self._price(talk, ended, now),
             "direction": "outbound-api", "answered_by": c.plan.answered_by if answered else None,
             "api_version": "2010-04-01", "forwarded_from": None, "group_sid": None,
             "caller_name": None, "queue_time": "0", "trunk_sid": None, "uri": f"{uri}.json",
             "subresource_uris": {k: f"{uri}/{k.title()}.json" for k in SUBRESOURCES},
         }  # fmt: skip
+
+    def _price(self, talk: int | None, ended: float | None, now: float) -> str | None:
+        """A connected call's charge, negative as Twilio writes it, once price_delay_s simulated
+        seconds have passed since its end; calls that never connected are not charged."""
+        if talk is None or ended is None or (now - ended) * self.speed < self.price_delay_s:
+            return None
+        minutes = max(math.ceil(talk / 60), 1)
+        return str(-(self.price_per_minute * minutes).quantize(Decimal("0.00001")))
 
     def _fetch_account(self, params: Params, now: float, acct: str) -> _Reply:
         uri = f"{API}/Accounts/{acct}"

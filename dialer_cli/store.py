@@ -807,6 +807,27 @@ class Store:
         )
         return [dict(r) for r in rows], int(total)
 
+    # -- prices (prices.py) ---------------------------------------------------------------------
+
+    def unpriced(self, run_id: int, ended_since: float) -> list[sqlite3.Row]:
+        """Answered calls of the run that ended since then and still have no price (the only
+        calls Twilio charges: one that never connected costs nothing). Oldest first."""
+        return self.read(
+            "SELECT call_sid, claimed_at, ended_at FROM calls WHERE run_id=? "
+            "AND twilio_status='completed' AND price IS NULL AND ended_at >= ? "
+            "AND call_sid IS NOT NULL ORDER BY ended_at",
+            (run_id, ended_since),
+        )
+
+    def set_prices(self, prices: Iterable[tuple[str, str, str | None]]) -> int:
+        """Record Twilio's (sid, price, price_unit); a price once known is never rewritten."""
+        with self.transaction() as conn:
+            cur = conn.executemany(
+                "UPDATE calls SET price=?, price_unit=? WHERE call_sid=? AND price IS NULL",
+                ((price, unit, sid) for sid, price, unit in prices),
+            )
+        return cur.rowcount
+
     def dnc_add(self, numbers: Iterable[str], source: str, now: float) -> int:
         with self.transaction() as conn:
             cur = conn.executemany(

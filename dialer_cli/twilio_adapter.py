@@ -102,6 +102,8 @@ def _info(call: Any) -> CallInfo:
         duration=int(duration) if duration not in (None, "") else None,
         answered_by=call.answered_by or None,
         direction=call.direction or None,
+        price=call.price or None,
+        price_unit=call.price_unit or None,
     )
 
 
@@ -182,6 +184,26 @@ class TwilioCalls:
                         found.append(info)
                 oldest = calls[-1].date_created if calls else None
                 if not calls or (oldest is not None and oldest.timestamp() < since):
+                    break
+                page = page.next_page()
+        except Exception as exc:  # noqa: BLE001
+            raise self._failure(exc, creating=False) from None
+        return found
+
+    def completed(self, ended_on_or_after: str, created_since: float) -> list[CallInfo]:
+        """Completed calls that ended on or after a UTC day (YYYY-MM-DD, the form Twilio
+        documents), newest first, paging back (1,000 a page) only until calls created before
+        `created_since` (epoch s): how prices are collected, one request for many calls."""
+        found: list[CallInfo] = []
+        try:
+            page = self._client.calls.page(
+                status="completed", end_time_after=ended_on_or_after, page_size=1000
+            )
+            while page is not None:
+                calls = [_info(c) for c in page]
+                found.extend(calls)
+                oldest = calls[-1].date_created if calls else None
+                if not calls or (oldest is not None and oldest.timestamp() < created_since):
                     break
                 page = page.next_page()
         except Exception as exc:  # noqa: BLE001

@@ -697,3 +697,23 @@ def test_sids_never_repeat_across_simulators_with_one_seed() -> None:
             client.api.base_url = sim.url
             sids |= {client.calls.create(to=TO, from_=FROM, url=URL).sid for _ in range(3)}
     assert len(sids) == 6
+
+
+# ---- prices --------------------------------------------------------------------------------------
+
+
+def test_a_connected_call_is_priced_per_started_minute_after_the_delay_and_others_never(harness):
+    long_talk = CallPlan("completed", queue_s=1, ring_s=4, talk_s=61)
+    busy = CallPlan("busy", queue_s=1, ring_s=4)
+    h = harness(plan=plans(STANDARD, {TO2: long_talk, TO3: busy}), price_delay_s=30)
+    sids = [h.client.calls.create(to=to, from_=FROM, url=URL).sid for to in (TO, TO2, TO3)]
+    h.clock.advance(66)  # all three have ended; the first 51 s ago, the second just now
+    first, second, unanswered = (h.client.calls(sid).fetch() for sid in sids)
+    assert (first.price, first.price_unit) == ("-0.01300", "USD")  # 10 s: one started minute
+    assert second.status == "completed" and second.price is None  # Twilio has not priced it yet
+    assert unanswered.status == "busy" and unanswered.price is None
+    h.clock.advance(30)
+    listed = h.client.calls.list(status="completed", end_time_after=at(0).date().isoformat())
+    prices = {c.sid: c.price for c in listed}
+    assert prices == {sids[0]: "-0.01300", sids[1]: "-0.02600"}  # 61 s: two started minutes
+    assert h.client.calls(sids[2]).fetch().price is None  # never connected: never charged

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dialer_cli import intake, lease, render, report, runner
+from dialer_cli import intake, lease, metrics, render, report, runner
 from dialer_cli.cli.common import (
     ConcurrencyOption,
     ConfigOption,
@@ -41,7 +41,15 @@ from dialer_cli.config import (
     load_settings,
     require_message,
 )
-from dialer_cli.errors import EXIT_STOPPED, BusyError, InputError, StoreError
+from dialer_cli.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_STOPPED,
+    BusyError,
+    DialerError,
+    InputError,
+    StoreError,
+)
 from dialer_cli.models import RunStatus
 from dialer_cli.store import Store
 
@@ -109,8 +117,54 @@ def drive_and_report(
     concurrency: int | None = None,
     no_wait: bool = False,
     deadline: float | None = None,
+    metrics_file: Path | None = None,
 ) -> None:
-    """Run the loop with the right view, then print the summary and exit with the right code."""
+    """Run the loop with the right view, then print the summary and exit with the right code.
+    With `metrics_file`, the metrics are written while the run goes and once at the end with
+    the exit status this command ends with, whatever ends it."""
+    if metrics_file is None:
+        drive_and_summarise(store, run_id, target, output, concurrency, no_wait, deadline)
+        return
+    written = metrics.MetricsFile(metrics_file, store, run_id)
+    code = EXIT_FAILURE
+    try:
+        drive_and_summarise(
+            store, run_id, target, output, concurrency, no_wait, deadline, written.tend
+        )
+        code = 0
+    except BaseException as exc:
+        code = exit_code_of(exc)
+        raise
+    finally:
+        try:
+            written.write(time.time(), code)
+        except OSError as exc:
+            output.message(f"warning: --metrics-file {metrics_file}: {exc.strerror}")
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit status `guarded` turns an exception into (for the metrics file)."""
+    if isinstance(exc, typer.Exit):
+        return int(exc.exit_code)
+    if isinstance(exc, DialerError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, SystemExit):
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_FAILURE
+    return EXIT_FAILURE
+
+
+def drive_and_summarise(
+    store: Store,
+    run_id: int,
+    target: runner.Target,
+    output: Output,
+    concurrency: int | None,
+    no_wait: bool,
+    deadline: float | None,
+    tend: Callable[[float], object] = lambda now: None,
+) -> None:
     view = output.view(store, run_id)
     started = time.time()
 
@@ -127,11 +181,12 @@ def drive_and_report(
                 concurrency=concurrency,
                 no_wait=no_wait,
                 deadline=deadline,
+                tend=tend,
             )
     finally:
         view.close()
-    snap = runner.snapshot(store, run_id, time.time())
-    summary = render.summary_line(snap, time.time() - started)
+    snap = report.status_object(store, run_id, time.time())  # with stats: the cost, too
+    summary = render.summary_line(snap, time.time() - started, snap["stats"]["cost"])
     output.log(summary)
     if output.as_json:
         print(json.dumps({"event": "status", **snap}, ensure_ascii=False))
@@ -214,6 +269,14 @@ MaxDurationOption = Annotated[
 LogFileOption = Annotated[
     Path | None, typer.Option("--log-file", help="Append one timestamped line per event.")
 ]
+MetricsFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-file",
+        help="Write the run's metrics here (Prometheus text format, for node_exporter's "
+        "textfile collector): every 15 s and at the end.",
+    ),
+]
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -262,6 +325,7 @@ def start(
     until: UntilOption = None,
     max_duration: MaxDurationOption = None,
     log_file: LogFileOption = None,
+    metrics_file: MetricsFileOption = None,
     mask: MaskOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
@@ -274,6 +338,8 @@ def start(
     """
     from dialer_cli.sources import open_source
 
+    if metrics_file is not None:
+        metrics.check_writable(metrics_file)
     deadline = runner.deadline(until, max_duration, time.time())
     flags = {"dialing.concurrency": concurrency, "leads.phone_column": phone_column}
     settings = load_settings(config, os.environ, flags, campaign=campaign)
@@ -334,6 +400,7 @@ def start(
                 concurrency=concurrency if resuming else None,  # a new run has it in its settings
                 no_wait=no_wait,
                 deadline=deadline,
+                metrics_file=metrics_file,
             )
 
 
@@ -505,6 +572,7 @@ def resume(
     until: UntilOption = None,
     max_duration: MaxDurationOption = None,
     log_file: LogFileOption = None,
+    metrics_file: MetricsFileOption = None,
     mask: MaskOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
@@ -515,6 +583,8 @@ def resume(
 
     Example: dialer resume 7
     """
+    if metrics_file is not None:
+        metrics.check_writable(metrics_file)
     deadline = runner.deadline(until, max_duration, time.time())
     store = open_store(db)
     run_ = store.get_run(run_id)
@@ -532,6 +602,7 @@ def resume(
             concurrency=concurrency,
             no_wait=no_wait,
             deadline=deadline,
+            metrics_file=metrics_file,
         )
 
 
