@@ -109,6 +109,8 @@ def import_run(
 def check_templates(settings: Settings, columns: list[str]) -> None:
     rules.check_template_columns(settings.call.twiml, "call.twiml", columns)
     rules.check_template_columns(settings.call.url, "call.url", columns)
+    rules.check_template_columns(settings.call.machine_twiml, "call.machine_twiml", columns)
+    rules.check_template_columns(settings.call.machine_url, "call.machine_url", columns)
 
 
 def import_rules(

@@ -32,7 +32,6 @@ from dialer_cli.models import (
     RunStatus,
 )
 
-SCHEMA_VERSION = 1
 LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
 TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
@@ -104,7 +103,12 @@ CREATE INDEX calls_sid ON calls(call_sid);
 CREATE TABLE dnc (e164 TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT);
 """
 
-MIGRATIONS: list[str] = [SCHEMA_V1]
+MIGRATIONS: list[str] = [
+    SCHEMA_V1,
+    # voicemail drop (issue 12): what became of each call's machine message (voicemail.py)
+    "ALTER TABLE calls ADD COLUMN voicemail TEXT",
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 _RUN_COLUMNS = (
     "id, source, source_key, campaign, status, concurrency, target, base_url, from_number, "
@@ -379,6 +383,11 @@ class Store:
             )
             conn.execute(
                 "UPDATE calls SET result='unknown' WHERE run_id=? AND result='pending'", (run_id,)
+            )
+            # A machine message a dead driver may have sent: never sent again (voicemail.py).
+            conn.execute(
+                "UPDATE calls SET voicemail='unconfirmed' WHERE run_id=? AND voicemail='pending'",
+                (run_id,),
             )
         return self.get_run(run_id)
 
@@ -664,7 +673,7 @@ class Store:
         rows = self.read(
             f"SELECT j.id AS job_id, c.token, j.state AS job_state, c.result, c.call_sid AS sid, "
             f"c.to_number AS 'to', c.from_number, c.twilio_status, c.claimed_at, c.checks, "
-            f"j.name, j.next_at, j.attempts, j.status_at FROM jobs j JOIN calls c "
+            f"j.name, j.next_at, j.attempts, j.status_at, c.voicemail FROM jobs j JOIN calls c "
             f"ON ((j.state != 'reviewing' AND c.token = j.token) "
             f"OR (j.state = 'reviewing' AND c.job_id = j.id AND c.result = 'candidate')) "
             f"WHERE j.run_id=? AND j.state IN {LIVE} ORDER BY c.id",
@@ -686,6 +695,29 @@ class Store:
                     "WHERE id=? AND token=?",
                     (info.status, now, now, call.job_id, call.token),
                 )
+
+    def voicemail_pending(self, token: str) -> bool:
+        """Commit that this call's machine message is being sent, before the update leaves;
+        False if it ever was (at most one update per call, even across a kill -9)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE calls SET voicemail='pending' WHERE token=? AND voicemail IS NULL",
+                (token,),
+            )
+        return cur.rowcount == 1
+
+    def voicemail_result(self, token: str, result: str | None) -> None:
+        """What the update did (None: certainly not processed, it may be sent again)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET voicemail=? WHERE token=? AND voicemail='pending'",
+                (result, token),
+            )
+
+    def lead_fields(self, job_id: int) -> dict[str, str]:
+        """A lead's columns, for its machine message's templates."""
+        rows = self.read("SELECT fields FROM jobs WHERE id=?", (job_id,))
+        return json.loads(rows[0][0]) if rows else {}
 
     def end_call(self, call: LiveCall, info: CallInfo, now: float, retry_at: float | None) -> None:
         """Twilio reports the call terminal: the lead is done, or waits for its retry."""
