@@ -86,6 +86,8 @@ class Faults:
     p_slow: float = 0.0  # any request: answered slow_s REAL seconds late (after processing)
     slow_s: float = 0.0
     list_lag_s: float = 0.0  # a new call is hidden from list results for this many simulated s
+    p_429_redirect: float = 0.0  # update with Twiml/Url: 429 + Retry-After, nothing processed
+    p_500_after_redirect: float = 0.0  # update with Twiml/Url: the call IS redirected, then 500
     seed: int = 0
 
 
@@ -594,6 +596,9 @@ class Simulator:
         if status not in (None, *ENDABLE):
             raise ApiError(400, BAD_PARAM, f"Invalid Status {status!r}: canceled or completed")
         message = self._redirect_to(params)
+        if message is not None and self._roll(self.faults.p_429_redirect):
+            wait = self.faults.retry_after_s
+            return _error(429, 20429, "Too Many Requests", {"Retry-After": f"{wait or 1:g}"})
         with self._lock:
             if message is not None and not status:
                 if call.status_at(now, self.speed) not in LIVE:
@@ -603,6 +608,8 @@ class Simulator:
                 call.redirects.append((now, message))
             if status and call.status_at(now, self.speed) in ENDABLE[status]:
                 call.canceled_at = now
+        if message is not None and self._roll(self.faults.p_500_after_redirect):
+            return _error(500, 20500, "Internal Server Error")
         return _Reply(200, self._call_json(call, now))
 
     @staticmethod

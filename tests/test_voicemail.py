@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from dialer_cli import intake, report, runner
+from dialer_cli import intake, render, report, runner
 from dialer_cli.config import load_settings
 from dialer_cli.engine import Dialer
 from dialer_cli.errors import ConfigError, TwilioFailure
@@ -31,6 +31,7 @@ from dialer_cli.simulator import (
     DEFAULT_ACCOUNT_SID,
     DEFAULT_AUTH_TOKEN,
     CallPlan,
+    Faults,
     SimCall,
     Simulator,
     default_plan,
@@ -232,7 +233,11 @@ def test_exactly_the_machine_answered_calls_get_the_machine_message_once(store, 
     assert rows["+12125550104"]["answered_by"] == "unknown"
     stats = report.status_object(store, h.dialer.run_id, clock())["stats"]
     assert stats["machine_rate"] == round(3 / 7, 4)  # of the 7 calls placed, busy included
-    assert sum(e.kind == "voicemail-dropped" for e in h.events) == 3
+    dropped = [e for e in h.events if e.kind == "voicemail-dropped"]
+    assert sorted(str(e.data["to"]) for e in dropped) == sorted(MACHINES)
+    assert render.describe(dropped[0]) == (
+        "a machine answered +12125550100 (Ann & <Co> 0) (machine_end_beep): voicemail message sent"
+    )
     assert contract_violations(sim) == []
 
 
@@ -276,6 +281,48 @@ def test_a_machine_url_is_filled_per_lead_and_sent_as_url(store, clock, sim):
     [create] = sim.creates()
     assert create.params["MachineDetection"] == ["Enable"]
     assert contract_violations(sim) == []
+
+
+def test_a_redirect_twilio_may_have_processed_is_never_sent_again(store, sim, clock):
+    """A 500 after the update: the machine may be hearing the message already, and a second
+    update would restart it. Recorded `unconfirmed`, said in one line, never resent."""
+    sim.faults = Faults(p_500_after_redirect=1.0)
+    h = drive(store, sim, clock, sorted(MACHINES), AMD_CALL)
+    assert h.run_until_done(step=0.25) == RunStatus.COMPLETED
+    assert [len(c.redirects) for c in sim.calls()] == [1, 1, 1]
+    rows = report.report_rows(store, h.dialer.run_id, clock())
+    assert [r["voicemail"] for r in rows] == ["unconfirmed"] * 3
+    event = next(e for e in h.events if e.kind == "voicemail-not-dropped")
+    assert render.describe(event) == (
+        "voicemail message for +12125550106 (Ann & <Co> 2) unconfirmed: "
+        "Internal Server Error (Twilio error 20500)"
+    )
+
+
+def redirects_sent(sim: Simulator) -> list[int]:
+    """The HTTP status of every update that carried a message."""
+    return [
+        r.status
+        for r in sim.requests()
+        if r.method == "POST" and "/Calls/" in r.path and "Twiml" in r.params
+    ]
+
+
+def test_a_redirect_refused_with_429_is_sent_again_and_lands_once(store, sim, clock):
+    """429: certainly not processed, so the message goes out again on a later poll."""
+    sim.faults = Faults(p_429_redirect=1.0)
+    h = drive(store, sim, clock, ["+12125550100"], AMD_CALL)
+    while 429 not in redirects_sent(sim):
+        h.tick()
+        clock.advance(0.25)
+    sim.faults = Faults()
+    assert h.run_until_done(step=0.25) == RunStatus.COMPLETED
+    assert redirects_sent(sim) == [429, 200]
+    [call] = sim.calls()
+    [(at, _)] = call.redirects
+    assert at - detected_at(call) <= 3.0  # a poll interval and its jitter later, at most
+    [row] = report.report_rows(store, h.dialer.run_id, clock())
+    assert row["voicemail"] == "dropped"
 
 
 def test_retry_on_machine_dials_the_person_again_later(store, clock):
