@@ -356,6 +356,12 @@ def config(tmp_path: Path, sim: Simulator, call: str, dialing: str = "") -> Path
     return path
 
 
+def dialer(*args: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "DIALER_"))}
+    argv = [sys.executable, "-m", "dialer_cli", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+
+
 @pytest.mark.parametrize(
     ("call", "dialing", "message"),
     [
@@ -397,15 +403,24 @@ def test_start_refuses_a_machine_message_naming_a_missing_column(tmp_path, sim):
     path = config(tmp_path, sim, call)
     leads = tmp_path / "leads.csv"
     leads.write_text("name,phone\nAda,+12125550100\n")
-    db = tmp_path / "dialer.db"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dialer_cli", "start", leads, "--config", path, "--db", db, "--yes"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "DIALER_"))},
-    )  # fmt: skip
+    proc = dialer("start", leads, "--config", path, "--db", tmp_path / "d.db", "--yes")
     assert proc.returncode == 2, proc.stderr
     assert "call.machine_twiml names {nickname}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert sim.creates() == []
+
+
+def test_start_refuses_a_machine_message_too_long_once_filled(tmp_path, sim):
+    call = 'machine_detection: Enable\nmachine_twiml: "<Response><Say>{note}</Say></Response>"\n'
+    path = config(tmp_path, sim, call)
+    leads = tmp_path / "leads.csv"
+    leads.write_text(f"name,phone,note\nAda,+12125550100,hi\nBob,+12125550101,{'x' * 4000}\n")
+    proc = dialer("start", leads, "--config", path, "--db", tmp_path / "d.db", "--yes")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: {leads}: line 3: the filled call.machine_twiml is 4032 characters; "
+        "Twilio accepts at most 4000"
+    )
     assert sim.creates() == []
 
 
