@@ -260,7 +260,7 @@ class Dialer:
         if not self._amd_watch(call, info) or info.answered_by:
             return self.options.poll_interval
         seen = call.twilio_status == "in-progress" and call.status_at is not None
-        answered = call.status_at if seen and call.status_at is not None else now
+        answered = call.status_at if seen and call.status_at else now
         if now - answered > self.options.amd_window:
             return self.options.poll_interval
         return min(self.options.amd_poll, self.options.poll_interval)
@@ -303,10 +303,11 @@ class Dialer:
         if failure.kind == "unknown":
             result = voicemail.UNCONFIRMED
         else:
-            result = voicemail.TOO_LATE if failure.code == 21220 else voicemail.FAILED
+            too_late = failure.code == voicemail.NOT_IN_PROGRESS
+            result = voicemail.TOO_LATE if too_late else voicemail.FAILED
         self.store.voicemail_result(call.token, result)
-        self._emit(tick, "voicemail-not-dropped", now, call, sid=call.sid, result=result,
-                   error=str(failure))  # fmt: skip
+        data = {"sid": call.sid, "result": result, "error": str(failure)}
+        self._emit(tick, "voicemail-not-dropped", now, call, **data)
 
     def _overdue(self, call: LiveCall, info: CallInfo, now: float) -> str | None:
         """Why a live call has outlived what its own limits allow, if it has."""

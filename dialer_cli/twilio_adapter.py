@@ -49,7 +49,6 @@ PER_LEAD_CODES = frozenset(
 )
 # The account's concurrent-call limit and the REST rate limit: nothing happened, try later.
 RETRY_CODES = frozenset({10004, 20429})
-NOT_IN_PROGRESS = 21220  # "Invalid call state": a redirect that came after the call ended
 
 
 OFFSET_SAMPLES = 9  # Date headers kept for the clock-offset estimate

@@ -21,6 +21,7 @@ MACHINE = frozenset(
     {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other"}
 )
 AMD_POLL = 0.5  # seconds between polls of an answered call while AMD has not decided
+NOT_IN_PROGRESS = 21220  # Twilio's "Invalid call state": the update came after the call ended
 AMD_WINDOW = 75.0  # s after the answer: AMD decides within MachineDetectionTimeout (at most 59)
 
 # calls.voicemail: what became of a machine message. NULL: none was due (or not yet).
