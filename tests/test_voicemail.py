@@ -260,7 +260,7 @@ def test_an_answered_call_is_polled_fast_only_until_amd_decides(store, clock):
     assert call.redirects == []
 
 
-def test_without_a_machine_message_nothing_is_redirected_and_polling_is_unchanged(
+def test_without_a_machine_message_nothing_is_redirected_but_machines_are_counted(
     store, sim, clock
 ):
     call = {"twiml": HUMAN, "machine_detection": "DetectMessageEnd"}
