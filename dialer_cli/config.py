@@ -138,7 +138,7 @@ def _usable_url(value: Any) -> bool:
 
 _URL = _rule("an http:// or https:// URL with a host", _usable_url)
 _HOURS = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
-_OUTCOMES = _one_of("busy", "no-answer", "failed")
+_RETRY_ON = _one_of("busy", "no-answer", "failed", "machine")  # machine: AMD said so
 _DAY = _one_of("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _COLUMN = _rule("a column name", lambda v: isinstance(v, str) and bool(v.strip()))
 
@@ -176,6 +176,9 @@ class CallSettings:
         None, _optional(_rule("true or false", lambda v: isinstance(v, bool)))
     )
     machine_detection: str | None = _key(None, _optional(_one_of("Enable", "DetectMessageEnd")))
+    # What an answering machine hears instead (voicemail.py); needs machine_detection.
+    machine_twiml: str | None = _key(None, _optional(_text))
+    machine_url: str | None = _key(None, _optional(_URL))
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ class DialingSettings:
     reconcile_grace: float = _key(30.0, _over(0))  # 0 would prove "no call" in one instant
     max_attempts: int = _key(1, _whole(1))
     retry_on: tuple[str, ...] = _key(
-        ("busy", "no-answer"), _list_of(_OUTCOMES, "busy, no-answer, failed")
+        ("busy", "no-answer"), _list_of(_RETRY_ON, "busy, no-answer, failed, machine")
     )
     retry_delay: float = _key(900.0, _over(0, inclusive=True))
     calling_hours: str | None = _key(None, _optional(_CLOCK))
@@ -236,7 +239,8 @@ _CHECKS: dict[str, dict[str, Check]] = {
     for name, cls in _SECTIONS.items()
 }
 _ENV = {"TWILIO_ACCOUNT_SID": "twilio.account_sid", "TWILIO_AUTH_TOKEN": "twilio.auth_token"}
-_EXCLUSIVE = {"call.twiml": "call.url", "call.url": "call.twiml"}  # the higher layer's choice wins
+_PAIRS = (("call.twiml", "call.url"), ("call.machine_twiml", "call.machine_url"))
+_EXCLUSIVE = {k: o for a, b in _PAIRS for k, o in ((a, b), (b, a))}  # the higher layer's wins
 
 
 def default_config_path() -> Path:
@@ -285,7 +289,27 @@ def load_settings(
         name: cls(**{f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)})
         for name, cls in _SECTIONS.items()
     }
-    return Settings(**built, campaigns=campaigns, path=path, sources=sources)
+    settings = Settings(**built, campaigns=campaigns, path=path, sources=sources)
+    _check_amd(settings)
+    return settings
+
+
+def _check_amd(settings: Settings) -> None:
+    """A machine message or `retry_on: machine` without AMD would never apply: say so now."""
+    call, dialing = settings.call, settings.dialing
+    if call.machine_detection:
+        return
+    if call.machine_twiml or call.machine_url:
+        key = "call.machine_twiml" if call.machine_twiml else "call.machine_url"
+        raise ConfigError(
+            f"{_origin(settings, key)}: {key} needs call.machine_detection "
+            f"(DetectMessageEnd, to leave the message after the greeting, or Enable)"
+        )
+    if "machine" in dialing.retry_on:
+        raise ConfigError(
+            f"{_origin(settings, 'dialing.retry_on')}: dialing.retry_on: machine needs "
+            f"call.machine_detection (DetectMessageEnd or Enable)"
+        )
 
 
 def require_credentials(settings: Settings) -> None:
@@ -505,8 +529,9 @@ def _apply(
     label: str = "",
 ) -> None:
     """Check one layer's values (naming `origin` on error) and lay them over the lower layers."""
-    if all(layer.get(key) is not None for key in _EXCLUSIVE):
-        raise ConfigError(f"{origin}: {label}call.twiml and {label}call.url are both set; keep one")
+    for a, b in _PAIRS:
+        if layer.get(a) is not None and layer.get(b) is not None:
+            raise ConfigError(f"{origin}: {label}{a} and {label}{b} are both set; keep one")
     for key, raw in layer.items():
         section, name = key.split(".")
         value = _checked(_CHECKS[section][name], raw, origin, label + key)

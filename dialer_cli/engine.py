@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from dialer_cli import voicemail
 from dialer_cli.errors import AccountError, BusyError, TwilioFailure
 from dialer_cli.models import (
     OUTCOME_OF_STATUS,
@@ -26,6 +27,7 @@ from dialer_cli.models import (
 )
 from dialer_cli.rules import Hours, Pacer
 from dialer_cli.store import Store
+from dialer_cli.voicemail import MachineMessage
 
 LIVE_STATUSES = ("queued", "ringing", "in-progress")
 T = TypeVar("T")
@@ -39,6 +41,7 @@ class Calls(Protocol):
     def live(self) -> dict[str, CallInfo]: ...
     def recent(self, to: str, from_: str, since: float) -> list[CallInfo]: ...
     def end(self, sid: str, answered: bool) -> CallInfo: ...
+    def redirect(self, sid: str, twiml: str | None, url: str | None) -> CallInfo: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Options:
     talk_limit: float = 14400.0 + 120.0
     give_up_after: float = 300.0  # s with no answer at all from Twilio: the run fails
     report_every: float = 30.0  # while Twilio does not answer, say so this often
+    amd_poll: float = voicemail.AMD_POLL  # poll this often while AMD has not decided
+    amd_window: float = voicemail.AMD_WINDOW  # ... for at most this long after the answer
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Rules:
     hours: Hours | None = None
     pacer: Pacer = field(default_factory=lambda: Pacer(None))
     blocked: Callable[[str], str | None] | None = None  # the do-not-call file
+    machine_message: MachineMessage | None = None  # what an answering machine hears instead
 
 
 @dataclass
@@ -228,11 +234,80 @@ class Dialer:
         """A live status: record it if it changed, ask again one poll interval from now."""
         if info.status != call.twilio_status:
             self.store.update_status(call, info, now)
-        self._next_poll[call.token] = now + self.options.poll_interval
+        self._next_poll[call.token] = now + self._poll_delay(call, info, now)
         overdue = self._overdue(call, info, now)
         if overdue:
             self.store.note_call(call.token, overdue)
             self._end(call, now, tick, reason=overdue)
+        elif self._machine_message_due(call, info):
+            self._drop_voicemail(call, info, now, tick)
+
+    # -- voicemail drop -----------------------------------------------------------------------
+
+    def _amd_watch(self, call: LiveCall, info: CallInfo) -> bool:
+        """A call of ours whose machine message may still be due: answered, none sent yet."""
+        return (
+            self.rules.machine_message is not None
+            and call.job_state == JobState.CALLING
+            and call.voicemail is None
+            and info.status == "in-progress"
+        )
+
+    def _poll_delay(self, call: LiveCall, info: CallInfo, now: float) -> float:
+        """Answered, and AMD has not decided yet: ask again in about amd_poll, not a whole
+        poll interval, since a machine's message starts only when we see the verdict. Bounded
+        by amd_window after the answer, should Twilio never fill answered_by."""
+        if not self._amd_watch(call, info) or info.answered_by:
+            return self.options.poll_interval
+        seen = call.twilio_status == "in-progress" and call.status_at is not None
+        answered = call.status_at if seen and call.status_at else now
+        if now - answered > self.options.amd_window:
+            return self.options.poll_interval
+        return min(self.options.amd_poll, self.options.poll_interval)
+
+    def _machine_message_due(self, call: LiveCall, info: CallInfo) -> bool:
+        return self._amd_watch(call, info) and voicemail.is_machine(info.answered_by)
+
+    def _drop_voicemail(self, call: LiveCall, info: CallInfo, now: float, tick: Tick) -> None:
+        """Redirect a machine-answered call to the machine message with one update, ever.
+
+        `pending` is committed before the update leaves (as a claim before its create): a
+        driver killed in between leaves it `pending`, which the next driver records as
+        `unconfirmed` and never sends again. Sending on the other side of the crash would be
+        worse: a second update restarts the message on the machine's recording."""
+        assert self.rules.machine_message is not None and call.sid is not None
+        if not self.store.voicemail_pending(call.token):
+            return
+        fields = self.store.lead_fields(call.job_id)
+        twiml, url = self.rules.machine_message.for_lead(fields)
+        sid = call.sid
+        try:
+            self._ask(now, tick, lambda: self.calls.redirect(sid, twiml, url))
+        except TwilioFailure as failure:
+            self._voicemail_failed(call, failure, now, tick)
+            return
+        self.store.voicemail_result(call.token, voicemail.DROPPED)
+        self._emit(tick, "voicemail-dropped", now, call, sid=sid, answered_by=info.answered_by)
+
+    def _voicemail_failed(
+        self, call: LiveCall, failure: TwilioFailure, now: float, tick: Tick
+    ) -> None:
+        """Certainly not processed (429, Twilio already down): due again on the next poll.
+        No answer or a 5xx: it may have played, so never again. Refused: say why."""
+        if failure.kind in ("retry", "account"):
+            self.store.voicemail_result(call.token, None)
+            if failure.kind == "account":
+                self._fail_run(str(failure), now)
+            self._next_poll[call.token] = now + self._backoff(call.token, failure.retry_after)
+            return
+        if failure.kind == "unknown":
+            result = voicemail.UNCONFIRMED
+        else:
+            too_late = failure.code == voicemail.NOT_IN_PROGRESS
+            result = voicemail.TOO_LATE if too_late else voicemail.FAILED
+        self.store.voicemail_result(call.token, result)
+        data = {"sid": call.sid, "result": result, "error": str(failure)}
+        self._emit(tick, "voicemail-not-dropped", now, call, **data)
 
     def _overdue(self, call: LiveCall, info: CallInfo, now: float) -> str | None:
         """Why a live call has outlived what its own limits allow, if it has."""
@@ -271,9 +346,10 @@ class Dialer:
     def _ended_call(self, call: LiveCall, info: CallInfo, now: float, tick: Tick) -> None:
         outcome = OUTCOME_OF_STATUS[info.status]
         retry_at = None
+        machine = voicemail.is_machine(info.answered_by) and "machine" in self.options.retry_on
         if (
             call.job_state == JobState.CALLING
-            and outcome.value in self.options.retry_on
+            and (outcome.value in self.options.retry_on or machine)
             and call.attempts < self.options.max_attempts
         ):
             retry_at = now + self.options.retry_delay
@@ -288,6 +364,7 @@ class Dialer:
             sid=info.sid,
             outcome=outcome.value,
             duration=info.duration,
+            answered_by=info.answered_by,
             **extra,
         )
 

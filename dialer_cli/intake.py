@@ -113,6 +113,8 @@ def import_run(
 def check_templates(settings: Settings, columns: list[str]) -> None:
     rules.check_template_columns(settings.call.twiml, "call.twiml", columns)
     rules.check_template_columns(settings.call.url, "call.url", columns)
+    rules.check_template_columns(settings.call.machine_twiml, "call.machine_twiml", columns)
+    rules.check_template_columns(settings.call.machine_url, "call.machine_url", columns)
 
 
 def import_rules(
@@ -127,6 +129,8 @@ def import_rules(
     transaction rolls back)."""
     dnc_file = rules.DncFile(settings.dialing.do_not_call, settings.leads.default_region)
     twiml = settings.call.twiml if rules.template_fields(settings.call.twiml) else None
+    machine = settings.call.machine_twiml
+    machine = machine if rules.template_fields(machine) else None
     dnc_db = store.dnc_numbers()
     answered: set[str] = set()
     if campaign is not None:
@@ -137,6 +141,9 @@ def import_rules(
     def skip(lead: Lead) -> tuple[str, str] | None:
         if twiml is not None:
             rules.check_twiml_length(rules.fill_twiml(twiml, lead.fields), lead.line, source_name)
+        if machine is not None:
+            filled = rules.fill_twiml(machine, lead.fields)
+            rules.check_twiml_length(filled, lead.line, source_name, "call.machine_twiml")
         assert lead.e164 is not None
         if lead.e164 in dnc_file:
             return "do-not-call", f"on the do-not-call list {dnc_file.path}"

@@ -207,3 +207,9 @@ def m003_call_prices(db: sqlite_utils.Database) -> None:
     db.execute(
         "CREATE INDEX calls_priced ON calls(run_id, price_unit, price) WHERE price IS NOT NULL"
     )
+
+
+@migration
+def m004_voicemail(db: sqlite_utils.Database) -> None:
+    """What became of each call's machine message (voicemail.py): pending, dropped, ..."""
+    db["calls"].add_column("voicemail", str)

@@ -191,3 +191,4 @@ class LiveCall:
     next_at: float | None = None
     attempts: int = 0
     status_at: float | None = None  # when we saw its job's Twilio status change
+    voicemail: str | None = None  # what became of its machine message (voicemail.py)

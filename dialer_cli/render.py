@@ -80,6 +80,12 @@ _SENTENCES: dict[str, Callable[[Event, str, dict[str, Any]], str]] = {
     ),
     "cancel-retry": lambda e, who, d: f"could not end the call to {who} ({d['error']}); retrying",
     "call-canceling": lambda e, who, d: f"ending call to {who}: {d['sid']}",
+    "voicemail-dropped": lambda e, who, d: (
+        f"a machine answered {who} ({d['answered_by']}): voicemail message sent"
+    ),
+    "voicemail-not-dropped": lambda e, who, d: (
+        f"voicemail message for {who} {d['result'].replace('_', ' ')}: {d['error']}"
+    ),
     "waiting": lambda e, who, d: (
         f"waiting: the next call will be placed at {stamp(float(d['next_at']))}"
     ),

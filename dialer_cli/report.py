@@ -18,14 +18,15 @@ from typing import Any, TextIO
 
 from dialer_cli import runner
 from dialer_cli.models import OUTCOME_OF_STATUS, TWILIO_TERMINAL, JobState, Run, RunStatus
-from dialer_cli.store import LIVE, Store
+from dialer_cli.store import LIVE, TERMINAL, Store
+from dialer_cli.voicemail import MACHINE
 
 ETA_AFTER = 3  # ended calls needed before an ETA means anything
 ETA_WINDOW = 200  # the mean call length is taken over this many latest ended calls
 PAGE = 2000  # report rows read per query: bounded memory, no read transaction held for long
 REPORT_COLUMNS = tuple(
-    "e164 outcome attempts call_sid answered_by ring_s talk_s error_code error_message "
-    "first_attempt_at last_attempt_at price price_unit".split()
+    "e164 outcome attempts call_sid answered_by voicemail ring_s talk_s error_code "
+    "error_message first_attempt_at last_attempt_at price price_unit".split()
 )
 
 
@@ -159,15 +160,17 @@ def stats(store: Store, run_id: int, now: float) -> dict[str, Any]:
     these are exactly the calls Twilio created and finished; creates Twilio refused, attempts
     that never reached it and calls still live are not placed. `answer_rate`, `busy_rate`,
     `no_answer_rate`, `failed_rate` are fractions of calls placed (canceled calls count only in
-    the denominator); None before the first call is placed. Talk figures use duration_s of the
-    answered (`completed`) calls. `calls_per_hour` and `utilisation` use the run's elapsed time,
-    from its first start to its end (or `now` while unfinished); `utilisation` is the time
+    the denominator); None before the first call is placed. `machine_rate` is the fraction of
+    calls placed that AMD said a machine answered (None without call.machine_detection). Talk
+    figures use duration_s of the answered (`completed`) calls. `calls_per_hour` and
+    `utilisation` use the run's elapsed time, from its first start to its end (or `now` while
+    unfinished); `utilisation` is the time
     attempts held a slot (claim to end, over every ended attempt; Twilio's end times have
     one-second resolution, so a sub-second attempt counts 0, never less) / (N x elapsed), in
     [0, 1].
 
     Two aggregate queries over the index calls(run_id, twilio_status, duration_s, claimed_at,
-    ended_at): one GROUP BY, one median seek.
+    ended_at): one GROUP BY, one median seek; a third counts machines when AMD was asked for.
     """
     rows = store.read(
         "SELECT twilio_status AS status, count(*) AS n, count(duration_s) AS timed, "
@@ -194,6 +197,7 @@ def stats(store: Store, run_id: int, now: float) -> dict[str, Any]:
         "busy_rate": rate("busy"),
         "no_answer_rate": rate("no-answer"),
         "failed_rate": rate("failed"),
+        "machine_rate": _machine_rate(store, run_, placed),
         "mean_talk_s": round(talk / timed, 1) if timed else None,
         "median_talk_s": _median_talk(store, run_id, timed),
         "talk_minutes": round(talk / 60, 2),
@@ -230,6 +234,21 @@ def cost(store: Store, run_id: int) -> dict[str, Any]:
         "unit": ",".join(units) or None,
         "calls_without_price": int(missing),
     }
+
+
+def _machine_rate(store: Store, run_: Run, placed: int) -> float | None:
+    """Calls placed that AMD said a machine answered, over calls placed. None when the run
+    did not ask for AMD (answered_by is then always empty: nothing is known) or placed none."""
+    call = run_.settings.get("call")
+    if not placed or not isinstance(call, dict) or not call.get("machine_detection"):
+        return None
+    machines = ",".join("?" * len(MACHINE))
+    row = store.read(
+        f"SELECT count(*) FROM calls WHERE run_id=? AND answered_by IN ({machines}) "
+        f"AND twilio_status IN {TERMINAL}",
+        (run_.id, *sorted(MACHINE)),
+    )[0]
+    return round(row[0] / placed, 4)
 
 
 def _speed(run_: Run) -> float:
@@ -281,8 +300,9 @@ def _rows(store: Store, run_id: int, now: float) -> Iterator[dict[str, Any]]:
 
 def _calls_by_job(store: Store, first: int, last: int) -> dict[int, list[sqlite3.Row]]:
     rows = store.read(
-        "SELECT job_id, claimed_at, ended_at, duration_s, answered_by, call_sid, twilio_status, "
-        "error_code, error_message, price, price_unit FROM calls WHERE job_id BETWEEN ? AND ? "
+        "SELECT job_id, claimed_at, ended_at, duration_s, answered_by, voicemail, call_sid, "
+        "twilio_status, error_code, error_message, price, price_unit FROM calls "
+        "WHERE job_id BETWEEN ? AND ? "
         "ORDER BY job_id, id",
         (first, last),
     )
@@ -305,6 +325,7 @@ def _report_row(job: sqlite3.Row, calls: list[sqlite3.Row], now: float) -> dict[
         attempts=job["attempts"],
         call_sid=last["call_sid"] if last else job["call_sid"],
         answered_by=last["answered_by"] if last else None,
+        voicemail=last["voicemail"] if last else None,
         ring_s=ring_seconds(last) if last else None,
         talk_s=answered[-1]["duration_s"] if answered else None,
         error_code=_error(job, calls, "error_code"),

@@ -201,10 +201,10 @@ def fill_url(template: str, fields: dict[str, str]) -> str:
     return template.format_map({k: quote(v, safe="") for k, v in fields.items()})
 
 
-def check_twiml_length(twiml: str, line: int, source: str) -> None:
+def check_twiml_length(twiml: str, line: int, source: str, key: str = "call.twiml") -> None:
     if len(twiml) > TWIML_MAX:
         raise InputError(
-            f"{source}: line {line}: the filled call.twiml is {len(twiml)} characters; "
+            f"{source}: line {line}: the filled {key} is {len(twiml)} characters; "
             f"Twilio accepts at most {TWIML_MAX}"
         )
 

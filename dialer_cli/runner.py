@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dialer_cli import lease, rules
+from dialer_cli import lease, rules, voicemail
 from dialer_cli.config import Settings, require_credentials
 from dialer_cli.engine import Dialer, Options, Rules, run
 from dialer_cli.errors import ConfigError, InputError, TwilioFailure, UnreachableError
@@ -164,6 +164,8 @@ def options_for(run_: Run, target: Target) -> Options:
         retry_on=tuple(dialing.get("retry_on", ("busy", "no-answer"))),
         retry_delay=float(dialing.get("retry_delay", 900.0)) / speed,
         give_up_after=target.give_up_after,
+        amd_poll=voicemail.AMD_POLL / speed,
+        amd_window=voicemail.AMD_WINDOW / speed,
     )
 
 
@@ -218,6 +220,7 @@ def engine_rules(run_: Run, target: Target) -> Rules:
         hours=hours,
         pacer=rules.Pacer(float(cps) * speed if cps else None),
         blocked=blocked,
+        machine_message=voicemail.MachineMessage.from_call(_section(run_, "call")),
     )
 
 

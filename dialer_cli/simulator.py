@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import format_datetime, formatdate
@@ -50,6 +50,11 @@ NUMBER_NULLS = """address_sid identity_sid sms_application_sid sms_fallback_url 
     bundle_sid""".split()
 NUMBER_POSTS = "sms_fallback_method sms_method status_callback_method voice_fallback_method".split()
 OUTCOME_CAPS = (("completed", 0.65), ("no-answer", 0.80), ("busy", 0.92), ("failed", 1.0))
+# Who picks up an answered call in the default plans (AMD reports `unknown` for "silence").
+PARTY_CAPS = (("human", 0.65), ("machine", 0.93), ("fax", 0.95), ("silence", 1.0))
+AMD_MODES = ("Enable", "DetectMessageEnd")
+AMD_TIMEOUT_S = 30  # Twilio's MachineDetectionTimeout default: then AnsweredBy is `unknown`
+NOT_IN_PROGRESS = 21220  # Twilio's "Invalid call state": a redirect of a call that has ended
 Params = dict[str, list[str]]
 
 
@@ -61,7 +66,13 @@ class CallPlan:
     queue_s: float = 0.2
     ring_s: float = 3.0  # for busy/no-answer/failed: time until that terminal status
     talk_s: float = 30.0  # only for 'completed'
-    answered_by: str | None = None
+    answered_by: str | None = None  # shown verbatim once answered, AMD or not (overrides party)
+    # With MachineDetection on the create, who picks up decides AnsweredBy, as on Twilio:
+    # human | machine | fax | silence (detection times out: `unknown`).
+    party: str = "human"
+    detect_s: float = 2.5  # answer to AnsweredBy for a human or a fax, and for Enable's machine
+    greeting_s: float = 8.0  # a machine's greeting: DetectMessageEnd reports at its end
+    greeting_end: str = "beep"  # beep | silence | other: machine_end_<this>
 
 
 @dataclass
@@ -77,6 +88,8 @@ class Faults:
     p_slow: float = 0.0  # any request: answered slow_s REAL seconds late (after processing)
     slow_s: float = 0.0
     list_lag_s: float = 0.0  # a new call is hidden from list results for this many simulated s
+    p_429_redirect: float = 0.0  # update with Twiml/Url: 429 + Retry-After, nothing processed
+    p_500_after_redirect: float = 0.0  # update with Twiml/Url: the call IS redirected, then 500
     seed: int = 0
 
 
@@ -91,6 +104,10 @@ class SimCall:
     plan: CallPlan
     canceled_at: float | None = None  # when update(Status=canceled|completed) ended it
     seq: int = 0  # creation order, the tie-break for equal created_at
+    machine_detection: str | None = None  # the create's MachineDetection
+    amd_timeout: float = AMD_TIMEOUT_S  # the create's MachineDetectionTimeout (simulated s)
+    message: str = ""  # the create's Twiml or Url: what a person hears
+    redirects: list[tuple[float, str]] = field(default_factory=list)  # (at, Twiml or Url)
 
     def ring_at(self, speed: float) -> float:
         return self.created_at + self.plan.queue_s / speed
@@ -114,6 +131,31 @@ class SimCall:
     def ended_at(self, speed: float) -> float:
         """When it reached a terminal status (a cancel is only recorded while the call is live)."""
         return self.canceled_at if self.canceled_at is not None else self._natural_end(speed)
+
+    def answered_by_at(self, t: float, speed: float) -> str | None:
+        """AnsweredBy at clock time t: None until answered and, with AMD, until detection
+        ends (a call that ends first never gets one); then what Twilio reports for the mode."""
+        answer = self.answer_at(speed)
+        if answer is None or t < answer:
+            return None
+        if self.plan.answered_by is not None or self.machine_detection is None:
+            return self.plan.answered_by
+        value, after = self._detection()
+        decided = answer + after / speed
+        return value if decided <= min(t, self.ended_at(speed)) else None
+
+    def _detection(self) -> tuple[str, float]:
+        """(AnsweredBy, simulated seconds from the answer until it is known)."""
+        plan, timeout = self.plan, self.amd_timeout
+        if plan.party == "machine" and self.machine_detection == "DetectMessageEnd":
+            value, after = f"machine_end_{plan.greeting_end}", plan.greeting_s
+        elif plan.party == "machine":
+            value, after = "machine_start", plan.detect_s
+        elif plan.party in ("human", "fax"):
+            value, after = plan.party, plan.detect_s
+        else:
+            value, after = "unknown", timeout
+        return (value, after) if after < timeout else ("unknown", timeout)
 
     def status_at(self, t: float, speed: float) -> str:
         if self.canceled_at is not None and t >= self.canceled_at:
@@ -159,7 +201,11 @@ def default_plan(seed: int, to: str, nth: int) -> CallPlan:
     x = rng.random()
     outcome = next(name for name, cap in OUTCOME_CAPS if x < cap)
     queue, ring, talk = rng.uniform(0.2, 1.0), rng.uniform(2.0, 10.0), rng.uniform(15.0, 90.0)
-    return CallPlan(outcome, queue_s=queue, ring_s=ring, talk_s=talk)
+    y = rng.random()  # drawn after the others, so outcomes and times stay what they were
+    party = next(name for name, cap in PARTY_CAPS if y < cap)
+    greeting, end = rng.uniform(4.0, 12.0), rng.choice(("beep", "beep", "silence", "other"))
+    return CallPlan(outcome, queue, ring, talk, party=party, detect_s=rng.uniform(1.5, 4.0),
+                    greeting_s=greeting, greeting_end=end)  # fmt: skip
 
 
 def _rfc2822(t: float | None) -> str | None:
@@ -238,6 +284,9 @@ def _check_create(params: Params, from_numbers: frozenset[str] | None) -> None:
     if not re.fullmatch(r"AP[0-9a-fA-F]{32}", given.get("ApplicationSid", "AP" + "0" * 32)):
         raise ApiError(400, 21218, "Invalid ApplicationSid")
     _int(params, "Timeout", 60, 1, 600, 21208)
+    if _one(params, "MachineDetection") not in (None, *AMD_MODES):
+        raise ApiError(400, BAD_PARAM, "Invalid MachineDetection: Enable or DetectMessageEnd")
+    _int(params, "MachineDetectionTimeout", AMD_TIMEOUT_S, 3, 59, BAD_PARAM)
     for key in ("Method", "FallbackMethod", "StatusCallbackMethod"):
         if _one(params, key) not in (None, "GET", "POST"):
             raise ApiError(400, 21209, f"Invalid {key}: must be GET or POST")
@@ -516,7 +565,11 @@ class Simulator:
             # never name two calls in one database (reports and reconciliation key on it).
             while (sid := f"CA{secrets.token_hex(16)}") in self._by_sid:
                 pass
-            call = SimCall(sid, to, from_, now, plan, seq=len(self._calls))
+            call = SimCall(sid, to, from_, now, plan, seq=len(self._calls),
+                           machine_detection=_one(params, "MachineDetection"),
+                           amd_timeout=_int(params, "MachineDetectionTimeout", AMD_TIMEOUT_S, 3,
+                                            59, BAD_PARAM),
+                           message=_one(params, "Twiml") or _one(params, "Url") or "")  # fmt: skip
             self._calls.append(call)
             self._by_sid[sid] = call
             self._by_to.setdefault(to, []).append(call)
@@ -543,14 +596,40 @@ class Simulator:
         return _Reply(200, self._call_json(self._find(sid), now))
 
     def _update(self, params: Params, now: float, acct: str, sid: str) -> _Reply:
-        """Status=canceled ends queued/ringing calls only; Status=completed also live ones."""
+        """Status=canceled ends queued/ringing calls only; Status=completed also live ones.
+        Twiml or Url redirects a live call (recorded, for the referee); one that has ended
+        gets 21220, as on Twilio."""
         call, status = self._find(sid), _one(params, "Status")
         if status not in (None, *ENDABLE):
             raise ApiError(400, BAD_PARAM, f"Invalid Status {status!r}: canceled or completed")
+        message = self._redirect_to(params)
+        if message is not None and self._roll(self.faults.p_429_redirect):
+            wait = self.faults.retry_after_s
+            return _error(429, 20429, "Too Many Requests", {"Retry-After": f"{wait or 1:g}"})
         with self._lock:
+            if message is not None and not status:
+                if call.status_at(now, self.speed) not in LIVE:
+                    raise ApiError(
+                        400, NOT_IN_PROGRESS, "Call is not in-progress. Cannot redirect."
+                    )
+                call.redirects.append((now, message))
             if status and call.status_at(now, self.speed) in ENDABLE[status]:
                 call.canceled_at = now
+        if message is not None and self._roll(self.faults.p_500_after_redirect):
+            return _error(500, 20500, "Internal Server Error")
         return _Reply(200, self._call_json(call, now))
+
+    @staticmethod
+    def _redirect_to(params: Params) -> str | None:
+        """The Twiml or Url of an update (one of them at most), checked as on a create."""
+        given = {k: v for k in ("Url", "Twiml") if (v := _one(params, k))}
+        if len(given) > 1:
+            raise ApiError(400, BAD_PARAM, "Url and Twiml are both set; send one")
+        if urlsplit(given.get("Url", "http:")).scheme not in ("http", "https"):
+            raise ApiError(400, 21205, "Url is not a valid URL")
+        if len(given.get("Twiml", "")) > 4000:
+            raise ApiError(400, BAD_PARAM, "Twiml must be at most 4000 characters")
+        return next(iter(given.values()), None)
 
     def _list_calls(self, params: Params, now: float, acct: str) -> _Reply:
         """Newest first; a To filter uses the index, a live Status the open calls, anything
@@ -627,7 +706,7 @@ class Simulator:
             "start_time": _rfc2822(started),
             "end_time": _rfc2822(ended), "duration": duration, "price_unit": "USD",
             "price": self._price(talk, ended, now),
-            "direction": "outbound-api", "answered_by": c.plan.answered_by if answered else None,
+            "direction": "outbound-api", "answered_by": c.answered_by_at(now, speed),
             "api_version": "2010-04-01", "forwarded_from": None, "group_sid": None,
             "caller_name": None, "queue_time": "0", "trunk_sid": None, "uri": f"{uri}.json",
             "subresource_uris": {k: f"{uri}/{k.title()}.json" for k in SUBRESOURCES},

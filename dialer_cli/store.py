@@ -310,6 +310,11 @@ class Store:
             conn.execute(
                 "UPDATE calls SET result='unknown' WHERE run_id=? AND result='pending'", (run_id,)
             )
+            # A machine message a dead driver may have sent: never sent again (voicemail.py).
+            conn.execute(
+                "UPDATE calls SET voicemail='unconfirmed' WHERE run_id=? AND voicemail='pending'",
+                (run_id,),
+            )
         return self.get_run(run_id)
 
     def set_concurrency(self, run_id: int, concurrency: int) -> None:
@@ -600,7 +605,7 @@ class Store:
         rows = self.read(
             f"SELECT j.id AS job_id, c.token, j.state AS job_state, c.result, c.call_sid AS sid, "
             f"c.to_number AS 'to', c.from_number, c.twilio_status, c.claimed_at, c.checks, "
-            f"j.name, j.next_at, j.attempts, j.status_at FROM jobs j JOIN calls c "
+            f"j.name, j.next_at, j.attempts, j.status_at, c.voicemail FROM jobs j JOIN calls c "
             f"ON ((j.state != 'reviewing' AND c.token = j.token) "
             f"OR (j.state = 'reviewing' AND c.job_id = j.id AND c.result = 'candidate')) "
             f"WHERE j.run_id=? AND j.state IN {LIVE} ORDER BY c.id",
@@ -622,6 +627,29 @@ class Store:
                     "WHERE id=? AND token=?",
                     (info.status, now, now, call.job_id, call.token),
                 )
+
+    def voicemail_pending(self, token: str) -> bool:
+        """Commit that this call's machine message is being sent, before the update leaves;
+        False if it ever was (at most one update per call, even across a kill -9)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE calls SET voicemail='pending' WHERE token=? AND voicemail IS NULL",
+                (token,),
+            )
+        return cur.rowcount == 1
+
+    def voicemail_result(self, token: str, result: str | None) -> None:
+        """What the update did (None: certainly not processed, it may be sent again)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE calls SET voicemail=? WHERE token=? AND voicemail='pending'",
+                (result, token),
+            )
+
+    def lead_fields(self, job_id: int) -> dict[str, str]:
+        """A lead's columns, for its machine message's templates."""
+        rows = self.read("SELECT fields FROM jobs WHERE id=?", (job_id,))
+        return json.loads(rows[0][0]) if rows else {}
 
     def end_call(self, call: LiveCall, info: CallInfo, now: float, retry_at: float | None) -> None:
         """Twilio reports the call terminal: the lead is done, or waits for its retry."""

@@ -6,6 +6,7 @@ what is safe: a create that timed out may have placed a call, a 429 certainly di
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -217,6 +218,23 @@ class TwilioCalls:
             return _info(self._client.calls(sid).update(status=status))
         except Exception as exc:  # noqa: BLE001
             raise self._failure(exc, creating=False) from None
+
+    def redirect(self, sid: str, twiml: str | None, url: str | None) -> CallInfo:
+        """Replace what a live call is doing with other TwiML (or the TwiML at a URL): one
+        update request, which is not idempotent (a second one restarts the message).
+
+        Failures are classified as a create's: a 5xx or a lost answer may have redirected the
+        call ("unknown"), a 429 certainly did not ("retry"). A refusal that concerns this call
+        (21220: it ended first; 404; a message Twilio will not take) is "rejected": the run
+        goes on. Only refused credentials are an account problem."""
+        kwargs = {"twiml": twiml} if twiml is not None else {"url": url}
+        try:
+            return _info(self._client.calls(sid).update(**kwargs))
+        except Exception as exc:  # noqa: BLE001
+            failure = self._failure(exc, creating=True)
+        if failure.kind == "account" and failure.status not in (401, 403):
+            failure = dataclasses.replace(failure, kind="rejected")  # this call's problem only
+        raise failure from None
 
     def check_account(self) -> str:
         """One read-only request that proves the credentials: returns the account's name."""

@@ -11,6 +11,9 @@ object are wrapped here so that the process SIGKILLs itself on the K-th pass ove
 - after_sid_saved:    `Store.save_sid` returned.
 - while_polling:      the K-th `fetch` of a call's status, or `live` list poll (N > 3),
                       returned; the answer is not recorded.
+- after_voicemail_pending: a machine message was recorded `pending`; its update not sent.
+- after_redirect_sent: the update carrying a machine message went out (and came back, or
+                      failed); its result is not recorded.
 - never:              no kill (drive the run to its end).
 
 Nothing in dialer_cli knows about this: no test switch lives in production code. Exit codes are
@@ -34,6 +37,7 @@ from dialer_cli.models import CallInfo, CallParams, Claim, Event, RunStatus
 from dialer_cli.store import Store
 
 POINTS = ("after_claim_commit", "after_create_sent", "after_sid_saved", "while_polling")
+VOICEMAIL_POINTS = ("after_voicemail_pending", "after_redirect_sent")  # only with a machine message
 
 
 class KillSwitch:
@@ -67,6 +71,12 @@ class CrashingStore(Store):
         self.kill("after_sid_saved")
         return saved
 
+    def voicemail_pending(self, token: str) -> bool:
+        pending = super().voicemail_pending(token)
+        if pending:
+            self.kill("after_voicemail_pending")
+        return pending
+
 
 class CrashingCalls:
     """The real TwilioCalls; `create` and `fetch` pass their step boundary to the kill switch."""
@@ -97,13 +107,19 @@ class CrashingCalls:
     def end(self, sid: str, answered: bool) -> CallInfo:
         return self.inner.end(sid, answered)
 
+    def redirect(self, sid: str, twiml: str | None, url: str | None) -> CallInfo:
+        try:
+            return self.inner.redirect(sid, twiml, url)
+        finally:  # the update left: what it did is not recorded yet
+            self.kill("after_redirect_sent")
+
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.crash_entry", description=__doc__)
     parser.add_argument("--db", required=True, type=Path)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--run", required=True, type=int)
-    parser.add_argument("--kill-at", required=True, choices=(*POINTS, "never"))
+    parser.add_argument("--kill-at", required=True, choices=(*POINTS, *VOICEMAIL_POINTS, "never"))
     parser.add_argument("--nth", type=int, default=1)
     return parser.parse_args(argv)
 

@@ -229,11 +229,12 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ("twilio: {http_timeout: 0}", "twilio.http_timeout: expected a number > 0, got 0"),
         (
             "dialing: {retry_on: [busy, nope]}",
-            "dialing.retry_on: expected a list of busy, no-answer, failed, got 'nope' in it",
+            "dialing.retry_on: expected a list of busy, no-answer, failed, machine, "
+            "got 'nope' in it",
         ),
         (
             "dialing: {retry_on: busy}",
-            "dialing.retry_on: expected a list of busy, no-answer, failed, got 'busy'",
+            "dialing.retry_on: expected a list of busy, no-answer, failed, machine, got 'busy'",
         ),
         (
             "dialing: {calling_hours: '9-17'}",

@@ -218,6 +218,7 @@ def test_stats_match_a_hand_computed_example(store):
         "busy_rate": round(1 / 7, 4),
         "no_answer_rate": round(1 / 7, 4),
         "failed_rate": round(1 / 7, 4),
+        "machine_rate": None,  # no AMD asked for: unknowable
         "mean_talk_s": 110.0,  # (60 + 240 + 30) / 3
         "median_talk_s": 60,
         "talk_minutes": 5.5,  # 330 s
