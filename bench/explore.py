@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     say = print if args.verbose else (lambda _: None)
     work = Path(tempfile.mkdtemp(prefix="dialer-explore-"))
-    began, failed, violations = time.monotonic(), 0, 0
+    began, failed, violations, clean = time.monotonic(), 0, 0, []
     try:
         for i, seed in enumerate(seeds, start=1):
             t = time.monotonic()
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                 for line in found:
                     print(f"  {line}")
                 print(f"  replay: {replay_command(seed)}", flush=True)
-            elif args.verbose or i % 25 == 0:
+            else:
+                clean.append(took)
+            if not found and (args.verbose or i % 25 == 0):
                 print(f"scenario {i}/{len(seeds)} seed {seed}: ok ({took:.1f} s)", flush=True)
     finally:
         if args.keep:
@@ -65,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     total = time.monotonic() - began
+    if clean:
+        mean = sum(clean) / len(clean)
+        print(f"{len(clean)} clean scenarios: mean {mean:.1f} s, longest {max(clean):.1f} s")
+    if failed:
+        print(f"{failed} scenarios broke a promise (replay commands above)")
     print(f"explore: {len(seeds)} scenarios, {violations} violations, {total:.0f} s")
     return 1 if violations else 0
 
