@@ -562,22 +562,27 @@ class Scenario:
 
     def play(self) -> list[str]:
         with self.sim:
-            self._write_files()
-            for r in self.plan.runs:
-                if not r.delayed:
-                    rng = random.Random(f"{self.plan.seed}:{r.index}")
-                    self.start(r, rng.choice(SPELLINGS))
-                    if r.start_twice:
+            try:
+                self._write_files()
+                for r in self.plan.runs:
+                    if not r.delayed:
+                        rng = random.Random(f"{self.plan.seed}:{r.index}")
                         self.start(r, rng.choice(SPELLINGS))
-            for step in self.plan.steps:
-                self.pause(step.delay)
-                self.say(f"  {time.time() - self.real0:5.2f}s step {step}")
-                act = getattr(self, "step_" + step.kind.replace("-", "_"))
-                act(self.plan.runs[step.run], step.args)
-            self.settle()
-            self.finish()
-            self.judge()
-            self.check_processes()
+                        if r.start_twice:
+                            self.start(r, rng.choice(SPELLINGS))
+                for step in self.plan.steps:
+                    self.pause(step.delay)
+                    self.say(f"  {time.time() - self.real0:5.2f}s step {step}")
+                    act = getattr(self, "step_" + step.kind.replace("-", "_"))
+                    act(self.plan.runs[step.run], step.args)
+                self.settle()
+                self.finish()
+                self.judge()
+                self.check_processes()
+            finally:  # whatever went wrong here, no process of ours outlives its scenario
+                for job in self.jobs:
+                    if job.alive():
+                        job.proc.kill()
         for note in self.notes:
             self.say(f"  note: {note}")
         return self.violations
