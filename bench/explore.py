@@ -25,7 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/explore.py", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python bench/explore.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--scenarios", "-k", type=int, default=20, help="how many scenarios")
     parser.add_argument("--seed", type=int, default=0, help="the session's seed")
     parser.add_argument("--replay", type=int, metavar="SEED", help="run one scenario's seed")
