@@ -414,14 +414,14 @@ class Scenario:
             return None
         return self.spawn(
             "resume", run_id, "--config", self.cfg(r), "--db", spell(self.dir, spelling), *flags,
-            what=f"resume run#{r.index} (run {run_id}) --db {spelling} {' '.join(map(str, flags))}",
+            what=f"resume run#{r.index} (run {run_id}) --db {spelling} {shown(flags)}".rstrip(),
             run=r.index,
         )  # fmt: skip
 
     def command(self, r: RunPlan, name: str, spelling: str, *args: object) -> Job:
         return self.spawn(
             *name.split(), *args, "--db", spell(self.dir, spelling),
-            what=f"{name} run#{r.index} --db {spelling} {' '.join(map(str, args))}", run=r.index,
+            what=f"{name} run#{r.index} --db {spelling} {shown(args)}".rstrip(), run=r.index,
         )  # fmt: skip
 
     def driver(self, index: int) -> Job | None:
@@ -1070,6 +1070,11 @@ class Scenario:
     def when(self, sim_t: float) -> str:
         """A Twilio ledger time as scenario seconds (real) since the start."""
         return f"{(sim_t - self.plan.offset - self.plan.base) / SPEED:.2f}s"
+
+
+def shown(args: tuple[object, ...] | list[object]) -> str:
+    """Arguments as a violation names them: files by their name, not this machine's path."""
+    return " ".join(a.name if isinstance(a, Path) else str(a) for a in args)
 
 
 def settled(row: dict[str, Any]) -> bool:
