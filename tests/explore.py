@@ -79,7 +79,9 @@ FINAL_CAP = 30.0  # real s a final resume may take
 DUPLICATES = 10000  # rows repeating a number (skipped) in a file two starts import at once
 DOCUMENTED = {0, 1, 2, 3, 4, 130}
 KILLED = -signal.SIGKILL
-HOURS_SLACK = 15.0  # clock s (0.25 s real) from a claim to its create's arrival at Twilio
+CLAIM_SLACK = 2.0  # clock s around a window's edge for a claim (Twilio's 1 s date resolution)
+SEND_SLACK = 3.0 * SPEED  # clock s from a pass's hours check to a create's arrival (a create
+# held up to http_timeout, then the pass's other creates): real-time latency, 60× in our clock
 DRAIN_SLACK = 0.05  # real s for a signal to reach its process
 ZONES = ("", "America/New_York", "America/Chicago", "America/Los_Angeles", "Europe/London")
 NUMBER_ZONE = "America/New_York"  # the zone of +1 212 numbers (the leads' numbers here)
@@ -913,7 +915,7 @@ class Scenario:
             if row["call_sid"] in self.foreign
         }
         self.judge_live([c for c in calls if c.sid in counted], owner, found)
-        self.judge_hours([c for c in calls if c.sid in ours], owner)
+        self.judge_hours([c for c in calls if c.sid in ours], owner, db_calls)
         self.judge_runs()
         self.judge_drains()
 
@@ -988,25 +990,36 @@ class Scenario:
                     spans.append((index_of[int(m[2])], began + 1.0 + self.plan.offset, until))
         return spans
 
-    def judge_hours(self, calls: list[SimCall], owner: dict[str, RunPlan]) -> None:
-        """Each create's arrival at Twilio (in our clock) against its lead's window, give or take
-        HOURS_SLACK for the way from the claim to Twilio. A create sent by a driver that was
-        SIGSTOPped between its claim and its send is not held against it."""
+    def judge_hours(
+        self, calls: list[SimCall], owner: dict[str, RunPlan], db_calls: list[dict[str, Any]]
+    ) -> None:
+        """Each call against its lead's window, two ways: the claim (its `claimed_at` is the
+        moment the pass that claimed it checked the hours) must be inside, give or take
+        CLAIM_SLACK; and the create's arrival at Twilio (in our clock) must be inside give or
+        take SEND_SLACK (real-time latency, which our 60× clock magnifies). A
+        create sent by a driver that was SIGSTOPped meanwhile is not held against it."""
         if self.plan.hours is None:
             return
+        claimed = {row["call_sid"]: row["claimed_at"] for row in db_calls
+                   if row["call_sid"] and row["result"] != "candidate"}  # fmt: skip
         for c in calls:
             r = owner.get(c.to)
             if r is None:
                 continue
+            zone = r.zones[r.numbers().index(c.to)]
             at = c.created_at - self.plan.offset  # Twilio's clock -> ours
             real = self.real0 + (at - self.plan.base) / SPEED
-            if any(i == r.index and a <= real <= b + 1.0 for i, a, b in self.pauses):
-                continue
-            zone = r.zones[r.numbers().index(c.to)]
-            if not any(self.open_at(zone, at + d) for d in (-HOURS_SLACK, 0, HOURS_SLACK)):
-                local = datetime.fromtimestamp(at, ZoneInfo(zone or NUMBER_ZONE))
-                self.violate("hours", f"{c.to} (run#{r.index}, {zone or NUMBER_ZONE}): created "
-                             f"at {local:%H:%M:%S} local, outside {self.plan.hours}")  # fmt: skip
+            paused = any(i == r.index and a <= real <= b + 1.0 for i, a, b in self.pauses)
+            claim = claimed.get(c.sid)
+            for what, t, slack in (("claimed", claim, CLAIM_SLACK), ("created", at, SEND_SLACK)):
+                if t is None or (paused and what == "created"):
+                    continue
+                if not any(self.open_at(zone, t + d) for d in (-slack, 0, slack)):
+                    local = datetime.fromtimestamp(t, ZoneInfo(zone or NUMBER_ZONE))
+                    where = f"{c.to} (run#{r.index}, {zone or NUMBER_ZONE})"
+                    self.violate("hours", f"{where}: {what} at {local:%H:%M:%S} local, outside "
+                                 f"{self.plan.hours}")  # fmt: skip
+                    break
 
     def judge_runs(self) -> None:
         runs = self.rows("SELECT id, source, status FROM runs ORDER BY id")

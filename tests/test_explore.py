@@ -22,7 +22,7 @@ SCENARIOS = 10
 REGRESSIONS = {
     777936818: "two starts of one source at once both dialled (item 1)",
     831: "`stop` while the driver was SIGSTOPped past its heartbeat: it looped forever (item 2)",
-    244195146: "a retry after a mid-run resume went out after its window closed (item 3)",
+    244195146: "a retry after a mid-run resume was claimed after its window closed (item 3)",
     529: "SIGTERM while a create was held: 3 more numbers dialled (item 4)",
     794: "a needs_review lead with two live calls counted one slot: 6 live at N=5 (item 5)",
     508466295: "runs with N=2 and N=4 on one account: 4 live (item 6)",
