@@ -2,13 +2,13 @@
 only from the simulator's ledger and the database. Used by `bench/explore.py` (many scenarios)
 and `tests/test_explore.py` (a short pass in the suite).
 
-One scenario = one seed. The seed draws a plan (tests only the plan is replayed exactly; the
-interleaving of processes is real time): one to three runs on one database and one account, each
+One scenario = one seed. The seed draws a plan (only the plan replays exactly; the interleaving
+of the processes is real time): one to three runs on one database and one account, each
 with its own N; calling hours that open or close during the scenario; retries; Twilio's faults
 (429, 500, lost and held create responses, unreachable for a while, its clock offset from ours);
 process faults (SIGKILL, SIGSTOP past the heartbeat, SIGINT, SIGTERM); and the commands `start`
 (twice at once), `resume`, `stop [--cancel-active]`, `status`, `cleanup-stuck`, with the database
-path spelled absolute, relative, `./d/../d/a.db`-style or through a symlink.
+path spelled absolute, relative, `d/../a.db`-style or through a symlink.
 
 Every dialer process runs through `tests/clock_entry.py`, so they and the simulator share one
 clock running SPEED times faster than real time: an hour boundary passes in seconds and the
@@ -18,13 +18,15 @@ that clock; process bounds are in real seconds.
 The promises judged, each violation one line naming the promise, the run, the number or process:
 - `double-dial`: no number is called while a call to it is live, nor after one was answered, nor
   more than max_attempts times;
-- `concurrency`: the account's live calls never exceed the smallest N of the runs with calls live;
-- `hours`: no call is claimed outside its lead's calling hours (the lead's zones computed here);
+- `concurrency`: when one of our runs creates a call, the account's live calls do not exceed the
+  smallest N among that run and the runs being dialled at that moment;
+- `hours`: no call is claimed outside its lead's calling hours (the lead's zones computed here),
+  nor arrives at Twilio outside them beyond real-time latency;
 - `lost`: after a final resume of every run, every lead is answered, failed with a reason,
   skipped with a reason, needs_review, or waits for a calling window that is closed now;
 - `bound`: every process ends within its bound after a stop, a drain or a deadline (BOUND_MARGIN
   + http_timeout + poll + grace + the calls still live then; strict while Twilio is unreachable);
-- `drain`: nothing is claimed after SIGINT/SIGTERM beyond the one claim in progress;
+- `drain`: nothing is dialled after SIGINT/SIGTERM beyond the create of the claim in progress;
 - `one-driver`: two starts of one source make one run; a resume while another process drives the
   run (however the path is spelled) exits 4;
 - `exit`: exit codes are documented (0 1 2 3 4 130, -9 for our SIGKILL), no traceback, and no
@@ -70,8 +72,8 @@ POLL = 1.2  # dialing.poll_interval, clock s (20 ms real)
 GRACE = 6.0  # dialing.reconcile_grace, clock s (100 ms real)
 RETRY_DELAY = 30.0  # dialing.retry_delay, clock s (0.5 s real)
 HTTP_TIMEOUT = 2.0  # twilio.http_timeout, real s (the socket timeout is not on our clock)
-HEARTBEAT_STALE = 60.0  # clock s after which `stop` thinks a driver dead (lease.driver_alive)
 BOUND_MARGIN = 4.0  # real s: Python start-up and exit on a loaded 2-core machine
+# (SIGSTOP lasts 1.3-1.7 s real: past the heartbeat's 60 s staleness in the shared clock)
 LONGEST_CALL = 1.2  # real s: the longest call a plan makes (a claim in progress at a stop)
 NATURAL_CAP = 15.0  # real s a driver may take to finish on its own before we SIGTERM it
 IDLE_CAP = 1.5  # real s without a call created or ended at Twilio: the drivers wait for nothing
