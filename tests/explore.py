@@ -88,6 +88,7 @@ DRAIN_SLACK = 0.05  # real s for a signal to reach its process
 ZONES = ("", "America/New_York", "America/Chicago", "America/Los_Angeles", "Europe/London")
 NUMBER_ZONE = "America/New_York"  # the zone of +1 212 numbers (the leads' numbers here)
 STARTED = re.compile(r"^(\S+Z) run (\d+) started", re.M)  # the LineView's run-started line
+FINISHED = re.compile(r"^(\S+Z) run \d+ (?:stopped|completed|failed)$", re.M)  # run-finished
 DAY = datetime(2026, 12, 2)  # a Wednesday: calling_days stay at their default (every day)
 
 
@@ -370,6 +371,7 @@ class Scenario:
                 f"twilio:\n  account_sid: {DEFAULT_ACCOUNT_SID}\n"
                 f'  auth_token: {DEFAULT_AUTH_TOKEN}\n  from_number: "{FROM}"\n'
                 f"  base_url: {self.sim.url}\n  http_timeout: {HTTP_TIMEOUT}\n"
+                f'call:\n  twiml: "<Response><Say>Hello {{name}}</Say></Response>"\n'
                 f"dialing:\n  concurrency: {r.concurrency}\n  poll_interval: {POLL}\n"
                 f"  reconcile_grace: {GRACE}\n  max_attempts: {r.max_attempts}\n"
                 f"  retry_on: [busy, no-answer, failed]\n  retry_delay: {RETRY_DELAY}\n{hours}"
@@ -974,7 +976,9 @@ class Scenario:
     def dialling(self) -> list[tuple[int, float, float]]:
         """(plan run index, from, until) in Twilio's clock: while one of our start or resume
         processes drove the run, from its "run N started" line (one-second resolution, so
-        from the second after) until it exited (less two clock seconds: lenient both ways)."""
+        from the second after) until its "run N stopped/completed/failed" line or its exit,
+        whichever came first (less two clock seconds: lenient both ways). A run whose driver
+        has written it stopped no longer dials, though its process may take a moment to exit."""
         index_of = {
             row["id"]: r.index
             for row in self.rows("SELECT id, source FROM runs")
@@ -986,7 +990,11 @@ class Scenario:
             if job.kind not in ("start", "resume") or not job.proc.err.exists():
                 continue
             until = self.clock.shared(job.ended_at or time.time()) - 2.0 + self.plan.offset
-            for m in STARTED.finditer(job.proc.err.read_text(errors="replace")):
+            text = job.proc.err.read_text(errors="replace")
+            for m in FINISHED.finditer(text):
+                ended = datetime.fromisoformat(m[1].replace("Z", "+00:00")).timestamp()
+                until = min(until, ended - 2.0 + self.plan.offset)
+            for m in STARTED.finditer(text):
                 began = datetime.fromisoformat(m[1].replace("Z", "+00:00")).timestamp()
                 if int(m[2]) in index_of:
                     spans.append((index_of[int(m[2])], began + 1.0 + self.plan.offset, until))
