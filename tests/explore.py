@@ -306,6 +306,7 @@ class Job:
     killed_by_us: bool = False
     paused: bool = False
     drained_at: float | None = None  # real time of our SIGINT/SIGTERM
+    early: int | None = None  # a SIGINT/SIGTERM sent before the process said it was dialling
     deadline: float | None = None  # real time its --max-duration passes
     ended_at: float | None = None
     checked: bool = False
@@ -460,6 +461,11 @@ class Scenario:
 
     def signal(self, job: Job, sig: signal.Signals) -> None:
         if job.alive():
+            text = job.proc.err.read_text(errors="replace") if job.proc.err.exists() else ""
+            if sig in (signal.SIGINT, signal.SIGTERM) and not STARTED.search(text):
+                # Still starting up or importing: the default action (the OS ends it, and the
+                # import's transaction never commits) is the answer, not a drain.
+                job.early = -sig
             os.kill(job.pid, sig)
             self.say(f"  {time.time() - self.real0:5.2f}s {sig.name} -> {job.proc.name}")
 
@@ -621,7 +627,8 @@ class Scenario:
         if any(c.created_at <= now < c.ended_at(1.0) for c in calls):
             return 0.0
         moments = [c.created_at for c in calls] + [c.ended_at(1.0) for c in calls]
-        last = max([m for m in moments if m <= now], default=self.clock.shared(self.real0))
+        began = self.clock.shared(self.real0) + self.plan.offset  # in Twilio's clock, as `now`
+        last = max([m for m in moments if m <= now], default=began)
         since_fault = time.time() - self.faults_until if self.faults_until else 1e9
         return min((now - last) / SPEED, since_fault, 0.0 if self.faulty else 1e9)
 
@@ -1087,7 +1094,7 @@ class Scenario:
             text = job.proc.err.read_text(errors="replace") if job.proc.err.exists() else ""
             if "Traceback" in text:
                 self.violate("exit", f"{job.proc.name} printed a traceback:\n{job.proc.tail(8)}")
-            if rc not in DOCUMENTED and not (rc == KILLED and job.killed_by_us):
+            if rc not in DOCUMENTED and not (rc == KILLED and job.killed_by_us) and rc != job.early:
                 self.violate("exit", f"{job.proc.name} exited {rc}\n{job.proc.tail(4)}")
 
     def when(self, sim_t: float) -> str:
