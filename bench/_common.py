@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repository
+    sys.path.insert(1, str(ROOT))
 PY = sys.executable
 BIN = Path(PY).parent
 

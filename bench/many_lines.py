@@ -7,8 +7,9 @@ from a child process, so the CPU printed is the dialer's alone), driven in-proce
 runner.drive exactly as `dialer start --simulate` does. Every call is answered and lasts
 uniformly 30-90 simulated s (never under 30 s); dialing.poll_interval 2 simulated s. At
 speed 2 (default) a call lasts 15-45 s real and N = 1,000 lines turn over ~33 calls/s, twice
-what 1,000 real lines of 60 s calls need. Each N dials for --seconds (90; quick: 45 at speed 4
-and N = 50, 200, 1,000), then stops dialling and lets its calls end.
+what 1,000 real lines of 60 s calls need. Each N dials for --seconds (90; quick: 30 at speed 4
+and N = 50, 1,000), then stops dialling and lets its calls end: about 12 minutes in all
+(quick: 3).
 
 - Ramp: the first N creates fill the empty lines; the claim rate is N over the time they took
   (every line free, so each pass claims as fast as the store and the create allow).
@@ -32,7 +33,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # dialer_cli, from any cwd
 
 from _common import (  # noqa: E402
     Ledger,
@@ -140,7 +140,7 @@ def max_live(ledger: Ledger) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python bench/many_lines.py", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N = 50, 200, 1,000; 45 s each")
+    parser.add_argument("--quick", action="store_true", help="N = 50 and 1,000, 30 s each")
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--speed", type=float, default=None)
     parser.add_argument("--seconds", type=float, default=None, help="dial this long per N")
@@ -148,13 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latency",
         type=float,
-        default=0.1,
-        help="the round trip of the extra run that shows what a distant Twilio costs (s; 0: none)",
+        default=None,
+        help="the round trip of the extra run that shows what a distant Twilio costs "
+        "(s; default 0.1; quick: 0, no such run)",
     )
     args = parser.parse_args(argv)
-    sizes = args.sizes or ([50, 200, 1000] if args.quick else [50, 200, 500, 1000])
+    sizes = args.sizes or ([50, 1000] if args.quick else [50, 200, 500, 1000])
     speed = args.speed or (4.0 if args.quick else 2.0)
-    seconds = args.seconds or (45.0 if args.quick else 90.0)
+    seconds = args.seconds or (30.0 if args.quick else 90.0)
+    latency = (0.0 if args.quick else 0.1) if args.latency is None else args.latency
 
     header("many lines (bench/many_lines.py)")
     note(
@@ -207,11 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         "flat in N: <= 1.5x",
         spread <= 1.5,
     )
-    if args.latency:
+    if latency:
         slow_n = min(200, hi)
-        r = one(slow_n, speed, 30.0, args.latency)
+        r = one(slow_n, speed, 30.0, latency)
         verdict(
-            f"N={slow_n} with every request answered {ms(args.latency)} late (a distant Twilio)",
+            f"N={slow_n} with every request answered {ms(latency)} late (a distant Twilio)",
             f"{r['claims_per_s']:.1f} claims/s ({slow_n} lines filled in {r['ramp']:.1f} s); "
             f"peak {r['peak']:.0f} live",
             "INFO: creates go one at a time, so a round trip of L caps the claim rate near 1/L",
