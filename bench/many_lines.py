@@ -22,7 +22,8 @@ and N = 50, 1,000), then stops dialling and lets its calls end: about 12 minutes
   measured ramp is the dialer's own ceiling.
 - The simulator answers on loopback in about a millisecond; real Twilio takes 100-300 ms.
   One more run (N = 200, 30 s) answers every request `--latency` late (default 0.1 s,
-  through the simulator's slow fault) and prints the claim rate that leaves (INFO).
+  through the simulator's slow fault) and prints the claim rate that leaves (INFO);
+  `--all-late S` answers every request of every N S seconds late.
 """
 
 from __future__ import annotations
@@ -152,6 +153,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the round trip of the extra run that shows what a distant Twilio costs "
         "(s; default 0.1; quick: 0, no such run)",
     )
+    parser.add_argument(
+        "--all-late",
+        type=float,
+        default=0.0,
+        help="answer every request of every N this many s late (default 0: loopback speed)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or ([50, 1000] if args.quick else [50, 200, 500, 1000])
     speed = args.speed or (4.0 if args.quick else 2.0)
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         f"calls answered, {MEAN_CALL / 2 / speed:g}-{MEAN_CALL * 1.5 / speed:g} s real "
         f"({MEAN_CALL / 2:g}-{MEAN_CALL * 1.5:g} simulated s at speed {speed:g}), poll_interval "
         f"{POLL / speed:g} s real; dialling {seconds:g} s per N; account CPS assumed {args.cps:g}"
+        + (f"; every request answered {ms(args.all_late)} late" if args.all_late else "")
     )
     note(
         f"{'N':>5} {'calls':>6} {'peak':>5} {'ramp s':>7} {'claims/s':>9} {'util':>6} "
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     results: dict[int, dict[str, float]] = {}
     for n in sizes:
-        r = results[n] = one(n, speed, seconds)
+        r = results[n] = one(n, speed, seconds, args.all_late)
         note(
             f"{n:>5} {r['calls']:>6.0f} {r['peak']:>5.0f} {r['ramp']:>7.2f} "
             f"{r['claims_per_s']:>9.0f} {r['util']:>6.1%} {r['util_all']:>9.1%} "
