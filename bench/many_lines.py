@@ -9,7 +9,7 @@ uniformly 30-90 simulated s (never under 30 s); dialing.poll_interval 2 simulate
 speed 2 (default) a call lasts 15-45 s real and N = 1,000 lines turn over ~33 calls/s, twice
 what 1,000 real lines of 60 s calls need. Each N dials for --seconds (90; quick: 30 at speed 4
 and N = 50, 1,000), then stops dialling and lets its calls end: about 12 minutes in all
-(quick: 3).
+(quick: 2).
 
 - Ramp: the first N creates fill the empty lines; the claim rate is N over the time they took
   (every line free, so each pass claims as fast as the store and the create allow).

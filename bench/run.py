@@ -2,7 +2,7 @@
 
     python bench/run.py [--quick] [--only NAME ...]
 
-Default: about 27 minutes; --quick: about 6. Each benchmark runs as its own process (so one's
+Default: about 27 minutes; --quick: about 5. Each benchmark runs as its own process (so one's
 memory is not the next one's), one after the other. Benchmarks print and compare: they never
 fail on timing, and this exits 0 unless a benchmark crashed. A summary of every PASS/MISS
 line follows at the end.
@@ -34,7 +34,7 @@ BENCHMARKS = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 6 minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 5 minutes")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     args = parser.parse_args(argv)
 
