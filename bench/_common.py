@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repository
+    sys.path.insert(1, str(ROOT))
 PY = sys.executable
 BIN = Path(PY).parent
 
@@ -220,10 +222,12 @@ def _kind(method: str, path: str) -> str:
     return "other"
 
 
-def _serve(conn: Any, speed: float, plan: Callable[[str, int], Any] | None, seed: int) -> None:
+def _serve(
+    conn: Any, speed: float, plan: Callable[[str, int], Any] | None, seed: int, faults: Any
+) -> None:
     from dialer_cli.simulator import Simulator
 
-    with Simulator(speed=speed, plan=plan, seed=seed) as sim:
+    with Simulator(speed=speed, plan=plan, seed=seed, faults=faults) as sim:
         conn.send(sim.url)
         while True:
             command = conn.recv()
@@ -239,12 +243,21 @@ def _serve(conn: Any, speed: float, plan: Callable[[str, int], Any] | None, seed
 
 class SimProcess:
     """The real simulator on loopback, served from a child process so its CPU is not the
-    dialer's (Twilio is another machine too). Ask it for its ledger with `ledger()`."""
+    dialer's (Twilio is another machine too). Ask it for its ledger with `ledger()`.
+    `faults` (a simulator.Faults) can make it slow: `Faults(p_slow=1, slow_s=0.1)` answers
+    every request 100 ms late, as a Twilio a continent away would."""
 
-    def __init__(self, speed: float, plan: Callable[[str, int], Any] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        speed: float,
+        plan: Callable[[str, int], Any] | None = None,
+        seed: int = 0,
+        faults: Any = None,
+    ):
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, speed, plan, seed), daemon=True)
+        args = (child, speed, plan, seed, faults)
+        self._proc = ctx.Process(target=_serve, args=args, daemon=True)
         self.speed = speed
 
     def __enter__(self) -> SimProcess:

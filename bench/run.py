@@ -2,7 +2,7 @@
 
     python bench/run.py [--quick] [--only NAME ...]
 
-Default: about 15 minutes; --quick: about 3. Each benchmark runs as its own process (so one's
+Default: about 27 minutes; --quick: about 5. Each benchmark runs as its own process (so one's
 memory is not the next one's), one after the other. Benchmarks print and compare: they never
 fail on timing, and this exits 0 unless a benchmark crashed. A summary of every PASS/MISS
 line follows at the end.
@@ -21,12 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PY, code_version, machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("loop", "api_cost", "import_csv", "status_scale", "startup", "long_run")
+BENCHMARKS = (
+    "loop",
+    "api_cost",
+    "import_csv",
+    "status_scale",
+    "startup",
+    "long_run",
+    "many_lines",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, about 5 minutes")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     args = parser.parse_args(argv)
 
