@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", "-k", type=int, default=20, help="how many scenarios")
     parser.add_argument("--seed", type=int, default=0, help="the session's seed")
     parser.add_argument("--replay", type=int, metavar="SEED", help="run one scenario's seed")
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        help="scenarios at once (each is a few processes; 2 on a 2-core machine)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--verbose", "-v", action="store_true", help="print plans and events")
     args = parser.parse_args(argv)
@@ -48,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     say = print if args.verbose else (lambda _: None)
     work = Path(tempfile.mkdtemp(prefix="dialer-explore-"))
     began, failed, violations, clean = time.monotonic(), 0, 0, []
+
+    def timed(seed: int) -> tuple[int, list[str], float]:
+        t = time.monotonic()
+        found = run_one(seed, work, keep=args.keep, say=say)
+        return seed, found, time.monotonic() - t
+
+    pool = ThreadPoolExecutor(max_workers=max(args.jobs, 1))  # each scenario is processes
     try:
-        for i, seed in enumerate(seeds, start=1):
-            t = time.monotonic()
-            found = run_one(seed, work, keep=args.keep, say=say)
-            took = time.monotonic() - t
+        done = pool.map(timed, seeds) if args.jobs > 1 else map(timed, seeds)
+        for i, (seed, found, took) in enumerate(done, start=1):
             if found:
                 failed += 1
                 violations += len(found)
@@ -66,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if not found and (args.verbose or i % 25 == 0):
                 print(f"scenario {i}/{len(seeds)} seed {seed}: ok ({took:.1f} s)", flush=True)
     finally:
+        pool.shutdown(cancel_futures=True)
         if args.keep:
             print(f"work directory kept: {work}")
         else:

@@ -71,6 +71,7 @@ SPEED = 60.0  # shared clock seconds per real second: a minute of calling hours 
 POLL = 1.2  # dialing.poll_interval, clock s (20 ms real)
 GRACE = 6.0  # dialing.reconcile_grace, clock s (100 ms real)
 RETRY_DELAY = 30.0  # dialing.retry_delay, clock s (0.5 s real)
+STOP_WAIT = 1.0  # real s a `dialer stop` may take while its driver is SIGSTOPped
 HTTP_TIMEOUT = 2.0  # twilio.http_timeout, real s (the socket timeout is not on our clock)
 BOUND_MARGIN = 4.0  # real s: Python start-up and exit on a loaded 2-core machine
 # (SIGSTOP lasts 1.3-1.7 s real: past the heartbeat's 60 s staleness in the shared clock)
@@ -773,12 +774,15 @@ class Scenario:
                 self.resume_busy(r, job, a["spelling"])
             if a["stop"]:
                 stop = self.command(r, "stop", a["spelling"], self.run_id(r.index))
-                self.wait_exit(stop, 10)
+                # `stop` needs no live driver; but a driver stopped inside a write transaction
+                # holds SQLite's lock, and then `stop` waits for it: never longer than planned.
+                self.wait_exit(stop, STOP_WAIT)
         finally:
             self.signal(job, signal.SIGCONT)
             job.paused = False
             self.pauses.append((r.index, paused_at, time.time()))
         if stop is not None:
+            self.bound(stop, "`dialer stop`, its driver awake again")
             self.bound(job, "`dialer stop` of a driver stopped past its heartbeat, then SIGCONT")
 
     def step_drain(self, r: RunPlan, a: dict[str, Any]) -> None:
