@@ -82,6 +82,7 @@ FINAL_CAP = 30.0  # real s a final resume may take
 DUPLICATES = 10000  # rows repeating a number (skipped) in a file two starts import at once
 DOCUMENTED = {0, 1, 2, 3, 4, 130}
 KILLED = -signal.SIGKILL
+FOUND_SLACK = 0.5 * SPEED  # clock s from the pass that found a foreign call to its commit
 CLAIM_SLACK = 2.0  # clock s around a window's edge for a claim (Twilio's 1 s date resolution)
 SEND_SLACK = 3.0 * SPEED  # clock s from a pass's hours check to a create's arrival (a create
 # held up to http_timeout, then the pass's other creates): real-time latency, 60× in our clock
@@ -924,8 +925,10 @@ class Scenario:
         counted = ours | ({row["call_sid"] for row in db_calls} & self.foreign)
         owner = {n: r for r in self.plan.runs for n in r.numbers()}
         self.judge_numbers([c for c in calls if c.sid in ours], owner)
-        found = {  # a foreign call counts from the moment the dialer found it (Twilio's clock)
-            row["call_sid"]: row["claimed_at"] + self.plan.offset
+        found = {  # a foreign call counts from the moment the dialer found it (Twilio's clock):
+            # the candidate row's claimed_at is the start of the pass that found it, and its
+            # commit came up to one pass later (FOUND_SLACK)
+            row["call_sid"]: row["claimed_at"] + self.plan.offset + FOUND_SLACK
             for row in db_calls
             if row["call_sid"] in self.foreign
         }
