@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from dialer_cli import lease
 from dialer_cli.errors import InputError, StoreError
 from dialer_cli.models import (
     IN_FLIGHT,
@@ -36,6 +38,13 @@ SCHEMA_VERSION = 1
 LIVE = "('dialing','calling','reviewing')"  # IN_FLIGHT spelled for SQL; the partial indexes use it
 TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERMINAL, for SQL
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
+IMPORTING = "importing"  # a run whose leads are still being written: seen by nothing but imports
+IMPORT_CHUNK_S = 0.1  # how long one import chunk may hold the write lock (a claim waits for it)
+
+
+def import_lock_name(run_id: int) -> str:
+    """The OS lock an importer holds while its run is `importing` (dropped if it is killed)."""
+    return f"import-{run_id}"
 
 SCHEMA_V1 = f"""
 CREATE TABLE runs (
@@ -270,42 +279,128 @@ class Store:
         zones: Callable[[Lead], str | None] | None = None,
         guard: Callable[[Run | None], None] | None = None,
     ) -> int:
-        """Import every lead and create the run in one transaction: all or nothing.
+        """Import every lead and create the run: all or nothing, yet never blocking a campaign.
+
+        The run is inserted as `importing` (invisible to claims, `runs` and `status`), its leads
+        follow in chunks that each hold the write lock about IMPORT_CHUNK_S, and one last commit
+        makes it a `stopped` run. While importing, the process holds the OS lock
+        `import-<run id>`: a failed import deletes what it wrote; a killed one (the OS dropped
+        its lock) is garbage that the next import sweeps away.
 
         `skip` may refuse a lead (do-not-call, a template it cannot fill: raise to abort);
         `zones` names the time zones whose calling hours the lead must be dialled within.
-        `guard` sees the latest run of the same source and target inside the transaction, before
-        anything is inserted, and raises to refuse: two starts of one source cannot both pass
-        it, since the second one's check waits for the first one's run to be committed.
+        `guard` sees the latest run of the same source and target (a live import included) in
+        the transaction that inserts the run, and raises to refuse: two starts of one source
+        cannot both pass it, since the second one's check waits for the first one's commit.
         """
-        with self.transaction() as conn:
-            if guard is not None:
-                guard(self.latest_run(target=target, source_key=source_key))
-            cur = conn.execute(
-                "INSERT INTO runs (source, source_key, campaign, status, concurrency, target, "
-                "base_url, from_number, settings, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    source,
-                    source_key,
-                    campaign,
-                    RunStatus.STOPPED,
-                    concurrency,
-                    target,
-                    base_url,
-                    from_number,
-                    json.dumps(settings),
-                    now,
-                ),
-            )
-            run_id = int(cur.lastrowid or 0)
-            rows = (self._job_row(run_id, lead, skip, zones, now) for lead in leads)
-            while batch := list(islice(rows, 5000)):
-                conn.executemany(
-                    "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, "
-                    "skip_reason, skip_detail, tz, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    batch,
-                )
+        self.sweep_imports()
+        run_id, lock = self._insert_importing_run(
+            guard=guard,
+            target=target,
+            source_key=source_key,
+            values=(source, source_key, campaign, IMPORTING, concurrency, target, base_url)
+            + (from_number, json.dumps(settings), now),
+        )
+        with lock:
+            try:
+                rows = (self._job_row(run_id, lead, skip, zones, now) for lead in leads)
+                self._insert_chunks(rows)
+                with self.transaction() as conn:  # synchronous=FULL: every chunk is durable too
+                    conn.execute("UPDATE runs SET status=? WHERE id=?", (RunStatus.STOPPED, run_id))
+            except BaseException:
+                self._discard(run_id)
+                raise
         return run_id
+
+    def _insert_importing_run(
+        self,
+        guard: Callable[[Run | None], None] | None,
+        target: str,
+        source_key: str,
+        values: tuple[Any, ...],
+    ) -> tuple[int, lease.NamedLock]:
+        """The guard's check and the `importing` run in one transaction, and the run's import
+        lock taken before that COMMIT: nobody ever sees the run without its lock held."""
+        lock: lease.NamedLock | None = None
+        try:
+            with self.transaction() as conn:
+                if guard is not None:
+                    guard(self._latest_alive(target, source_key))
+                cur = conn.execute(
+                    "INSERT INTO runs (source, source_key, campaign, status, concurrency, target, "
+                    "base_url, from_number, settings, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    values,
+                )
+                run_id = int(cur.lastrowid or 0)
+                lock = lease.NamedLock(self.path, import_lock_name(run_id))
+                lock.acquire(f"run {run_id} is being imported by another process")
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return run_id, lock
+
+    def _insert_chunks(self, rows: Iterator[tuple[Any, ...]]) -> None:
+        """Insert the rows in transactions of about IMPORT_CHUNK_S each, built before the lock
+        is taken. Chunks commit with synchronous=NORMAL (no fsync): one lost to a power cut
+        leaves an unpublished run, swept like a killed import; the FULL commit that publishes
+        the run syncs the whole WAL."""
+        size = 1000
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            while batch := list(islice(rows, size)):
+                began = time.perf_counter()
+                with self.transaction() as conn:
+                    conn.executemany(
+                        "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, "
+                        "skip_reason, skip_detail, tz, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        batch,
+                    )
+                held = max(time.perf_counter() - began, 1e-4)
+                size = max(100, min(4 * size, int(size * IMPORT_CHUNK_S / held)))
+        finally:
+            self.conn.execute("PRAGMA synchronous=FULL")
+
+    def _latest_alive(self, target: str, source_key: str) -> Run | None:
+        """The latest run of the source, skipping imports whose process died (garbage)."""
+        rows = self.read(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE source_key=? AND target=? ORDER BY id DESC",
+            (source_key, target),
+        )
+        for row in rows:
+            if row["status"] != IMPORTING or self._importer_alive(row["id"]):
+                return _run(row)
+        return None
+
+    def _importer_alive(self, run_id: int) -> bool:
+        return lease.is_locked(self.path, import_lock_name(run_id))
+
+    def sweep_imports(self) -> None:
+        """Delete what imports killed midway left behind (their OS lock is gone)."""
+        for (run_id,) in self.read("SELECT id FROM runs WHERE status=?", (IMPORTING,)):
+            if not self._importer_alive(run_id):
+                self._discard(run_id)
+
+    def _discard(self, run_id: int) -> None:
+        """Delete an unpublished run in chunks that hold the lock briefly (it is invisible
+        meanwhile; killed halfway, it is still an unpublished run, swept later)."""
+        size = 5000
+        while True:
+            began = time.perf_counter()
+            with self.transaction() as conn:
+                row = conn.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+                if row is None or row[0] != IMPORTING:
+                    return  # gone already, or published by its live importer
+                cur = conn.execute(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id=? LIMIT ?)",
+                    (run_id, size),
+                )
+                if cur.rowcount < size:
+                    conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
+                    conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+                    return
+            held = max(time.perf_counter() - began, 1e-4)
+            size = max(100, min(4 * size, int(size * IMPORT_CHUNK_S / held)))
 
     @staticmethod
     def _job_row(
@@ -329,28 +424,34 @@ class Store:
         )
 
     def delete_run(self, run_id: int) -> None:
+        """Remove a run nobody dialled (a declined confirmation): unpublished first, so it
+        vanishes at once, then deleted in chunks."""
         with self.transaction() as conn:
-            conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
-            conn.execute("DELETE FROM jobs WHERE run_id=?", (run_id,))
-            conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            conn.execute("UPDATE runs SET status=? WHERE id=?", (IMPORTING, run_id))
+        self._discard(run_id)
 
     def get_run(self, run_id: int) -> Run:
-        rows = self.read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
+        rows = self.read(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=? AND status!=?", (run_id, IMPORTING)
+        )
         if not rows:
             raise InputError(f"no run {run_id} in {self.path}; `dialer runs` lists them")
         return _run(rows[0])
 
     def runs(self) -> list[Run]:
-        return [_run(r) for r in self.read(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC")]
+        rows = self.read(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status!=? ORDER BY id DESC", (IMPORTING,)
+        )
+        return [_run(r) for r in rows]
 
     def latest_run(
         self, *, target: str, source_key: str | None = None, campaign: str | None = None
     ) -> Run | None:
         column, value = ("campaign", campaign) if campaign else ("source_key", source_key)
         rows = self.read(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {column}=? AND target=? "
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {column}=? AND target=? AND status!=? "
             f"ORDER BY id DESC LIMIT 1",
-            (value, target),
+            (value, target, IMPORTING),
         )
         return _run(rows[0]) if rows else None
 
