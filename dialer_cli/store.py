@@ -46,6 +46,7 @@ def import_lock_name(run_id: int) -> str:
     """The OS lock an importer holds while its run is `importing` (dropped if it is killed)."""
     return f"import-{run_id}"
 
+
 SCHEMA_V1 = f"""
 CREATE TABLE runs (
   id INTEGER PRIMARY KEY,
