@@ -81,16 +81,16 @@ def read_csv(path: Path, *, phone_column: str = "phone", default_region: str = "
 
 def to_leads(records: Iterable[Record], phone_column: str, region: str) -> Iterator[models.Lead]:
     """Turn raw rows into leads, skipping (not dropping) rows that must not be dialled."""
-    first_seen = _FirstSeen()
+    first_seen, lead = _FirstSeen().setdefault, models.Lead  # a million calls: bound once
     for line, fields in records:
         phone = fields.get(phone_column, "")
         e164, reason, detail = normalize(phone, region)
         if e164 is not None:
-            first = first_seen.setdefault(int(e164[1:]), line)
+            first = first_seen(int(e164[1:]), line)
             if first != line:
                 reason, detail = "duplicate", f"{e164} is already on line {first}"
                 e164 = None
-        yield models.Lead(line, phone, e164, fields, reason, detail)
+        yield lead(line, phone, e164, fields, reason, detail)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -129,7 +129,7 @@ _SEPARATORS = re.compile(r"[\s().\-]")
 
 def _nanp_e164(raw: str, region: str) -> str | None:
     """The E.164 form of a valid North American number written plainly, else None."""
-    digits = _SEPARATORS.sub("", raw)
+    digits = raw if raw[1:].isdigit() else _SEPARATORS.sub("", raw)  # +1NNNNNNNNNN: most leads
     if digits.startswith("+1"):
         national = digits[2:]
     else:
@@ -181,30 +181,37 @@ class _FirstSeen:
 
     def _allocate(self, bits: int) -> None:
         self._bits = bits
+        self._mask, self._shift = (1 << bits) - 1, 64 - bits
         self._keys = array("Q", bytes(8 << bits))
         self._lines = array("I", bytes(4 << bits))
         self._count = 0
 
     def setdefault(self, number: int, line: int) -> int:
         """Return the line the number was first seen on, recording `line` if it is new."""
-        keys, mask = self._keys, (1 << self._bits) - 1
-        slot = ((number * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - self._bits)
-        while keys[slot]:
-            if keys[slot] == number:
+        keys, mask = self._keys, self._mask
+        slot = ((number * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
+        while found := keys[slot]:
+            if found == number:
                 return self._lines[slot]
             slot = (slot + 1) & mask
-        keys[slot], self._lines[slot] = number, line
+        keys[slot] = number
+        self._lines[slot] = line
         self._count += 1
         if self._count * 2 > len(keys):
             self._grow()
         return line
 
     def _grow(self) -> None:
-        old = zip(self._keys, self._lines, strict=True)
+        old_keys, old_lines = self._keys, self._lines
         self._allocate(self._bits + 1)
-        for number, line in old:
+        keys, lines, mask, shift = self._keys, self._lines, self._mask, self._shift
+        for number, line in zip(old_keys, old_lines, strict=True):
             if number:
-                self.setdefault(number, line)
+                slot = ((number * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> shift
+                while keys[slot]:
+                    slot = (slot + 1) & mask
+                keys[slot], lines[slot] = number, line
+                self._count += 1
 
 
 def _check_region(path: Path, region: str) -> str:
@@ -378,16 +385,16 @@ def _records(reader: Reader, columns: list[str], path: Path) -> Iterator[Record]
             return
         except csv.Error as e:
             raise LeadsError(f"{path}: line {line}: {_csv_problem(e)}") from None
-        if not any(value.strip() for value in row):
-            continue
-        if len(row) > width:
-            raise LeadsError(
-                f"{path}: line {line}: {len(row)} fields but the header has {width} columns; "
-                "quote values that contain the delimiter"
-            )
-        if len(row) < width:
+        if not "".join(row).strip():
+            continue  # a blank row
+        if len(row) != width:
+            if len(row) > width:
+                raise LeadsError(
+                    f"{path}: line {line}: {len(row)} fields but the header has {width} columns; "
+                    "quote values that contain the delimiter"
+                )
             row.extend([""] * (width - len(row)))
-        yield line, dict(zip(columns, row, strict=True))
+        yield line, dict(zip(columns, row, strict=False))  # equal lengths by now
 
 
 def _csv_problem(e: csv.Error) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -40,6 +42,8 @@ TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERM
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
 IMPORTING = "importing"  # a run whose leads are still being written: seen by nothing but imports
 IMPORT_CHUNK_S = 0.1  # how long one import chunk may hold the write lock (a claim waits for it)
+IMPORT_CHUNK_ROWS = 2_000  # at most: a chunk in flight costs about 2.5 kB a row (Python + SQLite)
+IMPORT_PAUSE_S = 0.03  # the import's pause between two chunks, for a waiting claim to get in
 
 
 def import_lock_name(run_id: int) -> str:
@@ -152,6 +156,87 @@ def unwritable(path: str | Path) -> str | None:
     if Path(path).exists() and not os.access(path, os.W_OK):
         return "no write permission on the file"
     return None
+
+
+# A chunk of jobs is one JSON array of rows, inserted by one statement: SQLite parses it and
+# upkeeps the indexes in C with the GIL released, while Python builds the next chunk.
+_INSERT_CHUNK = (
+    "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, skip_reason, skip_detail, "
+    "tz, updated_at) SELECT ?1, value->>0, value->>1, value->>2, value->>3, value->>4, "
+    "value->>5, value->>6, value->>7, value->>8, ?2 FROM json_each(?3)"
+)
+
+
+_DIALLING = "SELECT EXISTS (SELECT 1 FROM runs WHERE status='running' AND heartbeat_at > ?)"
+
+
+class _ChunkWriter:
+    """Inserts an import's chunks from a thread of its own, each in a transaction that holds
+    the write lock about IMPORT_CHUNK_S. While a run is being dialled from the database, it
+    then pauses IMPORT_PAUSE_S so that a claim waiting in SQLite's busy handler (which retries
+    every 25 ms at first) gets the lock in between.
+
+    Chunks commit with synchronous=NORMAL (no fsync): one lost to a power cut leaves an
+    unpublished run, swept like a killed import; the FULL commit that publishes the run syncs
+    the whole WAL. `size` (rows per chunk) adapts to the time the last chunk held the lock.
+    """
+
+    def __init__(self, path: str, conn: sqlite3.Connection, run_id: int, now: float):
+        self.size = 1000
+        self._path = path
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._abandoned = False
+        timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+        self._thread = threading.Thread(
+            target=self._run, args=(timeout, run_id, now), name="import-writer", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, chunk: str) -> None:
+        self._offer(chunk)
+        if self._error is not None:
+            raise self._error
+
+    def close(self, abandon: bool = False) -> None:
+        """Wait for every chunk to be in (or, abandoning, for the one being written)."""
+        self._abandoned = abandon
+        self._offer(None)
+        self._thread.join()
+        if self._error is not None and not abandon:
+            raise self._error
+
+    def _offer(self, chunk: str | None) -> None:
+        while self._thread.is_alive():  # a writer that failed takes nothing more
+            try:
+                self._queue.put(chunk, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self, timeout: float, run_id: int, now: float) -> None:
+        conn = sqlite3.connect(self._path, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            while (chunk := self._queue.get()) is not None and not self._abandoned:
+                began = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_INSERT_CHUNK, (run_id, now, chunk))
+                conn.execute("COMMIT")
+                held = max(time.perf_counter() - began, 1e-4)
+                self.size = max(
+                    100,
+                    min(2 * self.size, IMPORT_CHUNK_ROWS, int(self.size * IMPORT_CHUNK_S / held)),
+                )
+                if conn.execute(_DIALLING, (time.time() - DRIVER_STALE_S,)).fetchone()[0]:
+                    time.sleep(IMPORT_PAUSE_S)
+        except sqlite3.Error as exc:
+            self._error = StoreError(_explain(exc, self._path))
+        except BaseException as exc:  # pragma: no cover - reported to the importing thread
+            self._error = exc
+        finally:
+            conn.close()  # rolls back a chunk left open by an error
 
 
 class Store:
@@ -304,8 +389,8 @@ class Store:
         )
         with lock:
             try:
-                rows = (self._job_row(run_id, lead, skip, zones, now) for lead in leads)
-                self._insert_chunks(rows)
+                rows = (self._job_row(lead, skip, zones) for lead in leads)
+                self._insert_chunks(run_id, rows, now)
                 with self.transaction() as conn:  # synchronous=FULL: every chunk is durable too
                     conn.execute("UPDATE runs SET status=? WHERE id=?", (RunStatus.STOPPED, run_id))
             except BaseException:
@@ -341,26 +426,16 @@ class Store:
             raise
         return run_id, lock
 
-    def _insert_chunks(self, rows: Iterator[tuple[Any, ...]]) -> None:
-        """Insert the rows in transactions of about IMPORT_CHUNK_S each, built before the lock
-        is taken. Chunks commit with synchronous=NORMAL (no fsync): one lost to a power cut
-        leaves an unpublished run, swept like a killed import; the FULL commit that publishes
-        the run syncs the whole WAL."""
-        size = 1000
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+    def _insert_chunks(self, run_id: int, rows: Iterator[list[Any]], now: float) -> None:
+        """Encode the rows a chunk at a time while a `_ChunkWriter` inserts the previous one."""
+        writer = _ChunkWriter(self.path, self.conn, run_id, now)
         try:
-            while batch := list(islice(rows, size)):
-                began = time.perf_counter()
-                with self.transaction() as conn:
-                    conn.executemany(
-                        "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, "
-                        "skip_reason, skip_detail, tz, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        batch,
-                    )
-                held = max(time.perf_counter() - began, 1e-4)
-                size = max(100, min(4 * size, int(size * IMPORT_CHUNK_S / held)))
-        finally:
-            self.conn.execute("PRAGMA synchronous=FULL")
+            while batch := list(islice(rows, writer.size)):
+                writer.put(json.dumps(batch, ensure_ascii=False))
+        except BaseException:
+            writer.close(abandon=True)
+            raise
+        writer.close()
 
     def _latest_alive(self, target: str, source_key: str) -> Run | None:
         """The latest run of the source, skipping imports whose process died (garbage)."""
@@ -405,24 +480,17 @@ class Store:
 
     @staticmethod
     def _job_row(
-        run_id: int,
         lead: Lead,
         skip: Callable[[Lead], tuple[str, str] | None] | None,
         zones: Callable[[Lead], str | None] | None,
-        now: float,
-    ) -> tuple[Any, ...]:
+    ) -> list[Any]:
+        """One element of a chunk's JSON array, in the order of _INSERT_CHUNK's ->> paths."""
         reason, detail = lead.skip_reason, lead.skip_detail
         if reason is None and skip is not None and (rule := skip(lead)) is not None:
             reason, detail = rule
         state = JobState.SKIPPED if reason else JobState.QUEUED
         tz = zones(lead) if zones is not None and state == JobState.QUEUED else None
-        fields = json.dumps(lead.fields, ensure_ascii=False)
-        return (run_id, lead.line, lead.phone, lead.e164, lead.name, fields, state) + (
-            reason,
-            detail,
-            tz,
-            now,
-        )
+        return [lead.line, lead.phone, lead.e164, lead.name, lead.fields, state, reason, detail, tz]
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run nobody dialled (a declined confirmation): unpublished first, so it
