@@ -44,7 +44,7 @@ TERMINAL = "('completed','busy','failed','no-answer','canceled')"  # TWILIO_TERM
 DRIVER_STALE_S = 60.0  # a heartbeat older than this: the run's driver is not dialling
 IMPORTING = "importing"  # a run whose leads are still being written: seen by nothing but imports
 IMPORT_CHUNK_S = 0.02  # how long one import chunk may hold the write lock (a claim waits for it)
-IMPORT_CHUNK_ROWS = 2_000  # at most: a chunk in flight costs about 2.5 kB a row (Python + SQLite)
+IMPORT_CHUNK_ROWS = 1_000  # at most: a chunk in flight costs about 2.5 kB a row (Python + SQLite)
 IMPORT_PAUSE_S = 0.02  # the import's pause between two chunks, for a waiting claim to get in
 
 
