@@ -164,8 +164,9 @@ def unwritable(path: str | Path) -> str | None:
 # upkeeps the indexes in C with the GIL released, while Python builds the next chunk.
 _INSERT_CHUNK = (
     "INSERT INTO jobs (run_id, line, phone, e164, name, fields, state, skip_reason, skip_detail, "
-    "tz, updated_at) SELECT ?1, value->>0, value->>1, value->>2, value->>3, value->>4, "
-    "value->>5, value->>6, value->>7, value->>8, ?2 FROM json_each(?3)"
+    "tz, updated_at) SELECT ?1, {}, ?2 FROM json_each(?3)".format(
+        ", ".join(f"json_extract(value, '$[{i}]')" for i in range(9))  # SQLite 3.35 has no ->>
+    )
 )
 
 
@@ -495,12 +496,12 @@ class Store:
                 row = conn.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
                 if row is None or row[0] != IMPORTING:
                     return  # gone already, or published by its live importer
+                conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))  # none, unless dialled
                 cur = conn.execute(
                     "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id=? LIMIT ?)",
                     (run_id, size),
                 )
                 if cur.rowcount < size:
-                    conn.execute("DELETE FROM calls WHERE run_id=?", (run_id,))
                     conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
                     return
             held = max(time.perf_counter() - began, 1e-4)
@@ -512,7 +513,7 @@ class Store:
         skip: Callable[[Lead], tuple[str, str] | None] | None,
         zones: Callable[[Lead], str | None] | None,
     ) -> list[Any]:
-        """One element of a chunk's JSON array, in the order of _INSERT_CHUNK's ->> paths."""
+        """One element of a chunk's JSON array, in the order of _INSERT_CHUNK's columns."""
         reason, detail = lead.skip_reason, lead.skip_detail
         if reason is None and skip is not None and (rule := skip(lead)) is not None:
             reason, detail = rule

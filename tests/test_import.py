@@ -169,7 +169,7 @@ def test_a_campaign_claims_while_a_big_import_runs(tmp_path: Path):
     db = tmp_path / "dialer.db"
     store = Store.open(db)
     run_id = new_run(store, make_leads(50), concurrency=1000)
-    store.take_over(run_id, "campaign", 1, "host", T0)
+    store.take_over(run_id, "campaign", 1, "host", time.time())  # dialling: a fresh heartbeat
     proc = import_proc(big_csv(tmp_path / "big.csv", 100_000), db, tmp_path / "import.out")
     waits: list[float] = []
     try:
