@@ -93,7 +93,6 @@ def to_leads(records: Iterable[Record], phone_column: str, region: str) -> Itera
         yield lead(line, phone, e164, fields, reason, detail)
 
 
-@functools.lru_cache(maxsize=8192)
 def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | None]:
     """Return (e164, skip_reason, detail) for a number as written.
 
@@ -103,14 +102,20 @@ def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | No
 
     Fictional NANP numbers (NXX-555-0100 to 0199) are accepted even if phonenumbers' metadata ever
     stops calling them valid: the sample leads, demos and tests use them so that they reach nobody.
-    The cache pays off on files that repeat numbers; it is bounded so a big import stays small.
     """
     raw = phone.strip()
-    if not raw:
-        return None, "missing-number", None
-    fast = _nanp_e164(raw, region)
+    fast = _nanp_e164(raw, region) if raw else None
     if fast is not None:
         return fast, None, None
+    return _normalize_slowly(raw, region)
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalize_slowly(raw: str, region: str) -> tuple[str | None, str | None, str | None]:
+    """The full way, cached: it pays off on files that repeat an odd number (`n/a`, a
+    switchboard); bounded, so a big import stays small. The fast path is cheaper uncached."""
+    if not raw:
+        return None, "missing-number", None
     international = _E164.fullmatch(raw) is not None
     try:
         number = phonenumbers.parse(raw, None if international else region)
