@@ -307,12 +307,14 @@ def campaign(
     deadline: float | None = None,
     on_event: Callable[[Any], None] = lambda event: None,
     loop: Loop | None = None,
+    should_drain: Callable[[], bool] = lambda: False,
 ) -> Loop:
     """Import n_leads into a fresh store at `db`, then runner.drive them through the simulator
     over HTTP with the real TwilioCalls adapter, exactly as `dialer start --simulate` would
     (dialing.poll_interval is in simulated seconds, divided by the speed). `sample(elapsed)` is
     called about every `every` seconds from the loop's sleep; with `deadline` (seconds) the run
-    dials nothing new after it and ends when the calls in flight have."""
+    dials nothing new after it and ends when the calls in flight have; so it does once
+    `should_drain()` is true."""
     from dialer_cli import runner
     from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
     from dialer_cli.store import Store
@@ -359,6 +361,7 @@ def campaign(
         run_id,
         target,
         on_event=on_event,
+        should_drain=should_drain,
         sleep=sleep,
         deadline=None if deadline is None else time.time() + deadline,
     )

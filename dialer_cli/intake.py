@@ -14,7 +14,7 @@ from dialer_cli.config import Settings
 from dialer_cli.errors import BusyError, InputError
 from dialer_cli.models import Lead, Run, RunStatus
 from dialer_cli.runner import Target
-from dialer_cli.store import Store
+from dialer_cli.store import IMPORTING, Store
 
 if TYPE_CHECKING:
     from dialer_cli.leads import LeadSource
@@ -49,13 +49,19 @@ def check_source(store: Store, source: LeadSource, target: Target, new: bool) ->
 
 
 def refuse_rerun(latest: Run | None, source: LeadSource, target: Target) -> None:
-    """One unfinished run per source and account: starting it again names the run to resume.
+    """One unfinished run per source and account: starting it again names the run to resume
+    (or the one another process is importing right now).
 
     A completed source is dialled again only with --new, except on the simulator, which
     reaches nobody (so the demo can be run again and again).
     """
     if latest is None:
         return
+    if latest.status == IMPORTING:
+        raise BusyError(
+            f"{source.name} already has an unfinished run {latest.id} (being imported by another "
+            f"process); wait for it to finish or pass --new"
+        )
     if latest.status == RunStatus.COMPLETED:
         if target.simulated:
             return

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import itertools
 import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import phonenumbers
 
@@ -33,6 +34,7 @@ _FICTIONAL_NANP = re.compile(r"[2-9]\d\d55501\d\d")  # NXX-555-0100 ... NXX-555-
 _DELIMITERS = (",", ";", "\t")  # comma first: it wins ties
 _QUOTED = re.compile(r'"[^"]*"')
 _CHUNK = 1 << 20
+_CHANGED = "{path}: the file changed while it was being read; run the command again"
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,18 @@ def read_csv(path: Path, *, phone_column: str = "phone", default_region: str = "
 
 def to_leads(records: Iterable[Record], phone_column: str, region: str) -> Iterator[models.Lead]:
     """Turn raw rows into leads, skipping (not dropping) rows that must not be dialled."""
-    first_seen = _FirstSeen()
+    first_seen, lead = _FirstSeen().setdefault, models.Lead  # a million calls: bound once
     for line, fields in records:
         phone = fields.get(phone_column, "")
         e164, reason, detail = normalize(phone, region)
         if e164 is not None:
-            first = first_seen.setdefault(int(e164[1:]), line)
+            first = first_seen(int(e164[1:]), line)
             if first != line:
                 reason, detail = "duplicate", f"{e164} is already on line {first}"
                 e164 = None
-        yield models.Lead(line, phone, e164, fields, reason, detail)
+        yield lead(line, phone, e164, fields, reason, detail)
 
 
-@functools.lru_cache(maxsize=8192)
 def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | None]:
     """Return (e164, skip_reason, detail) for a number as written.
 
@@ -101,14 +102,20 @@ def normalize(phone: str, region: str) -> tuple[str | None, str | None, str | No
 
     Fictional NANP numbers (NXX-555-0100 to 0199) are accepted even if phonenumbers' metadata ever
     stops calling them valid: the sample leads, demos and tests use them so that they reach nobody.
-    The cache pays off on files that repeat numbers; it is bounded so a big import stays small.
     """
     raw = phone.strip()
-    if not raw:
-        return None, "missing-number", None
-    fast = _nanp_e164(raw, region)
+    fast = _nanp_e164(raw, region) if raw else None
     if fast is not None:
         return fast, None, None
+    return _normalize_slowly(raw, region)
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalize_slowly(raw: str, region: str) -> tuple[str | None, str | None, str | None]:
+    """The full way, cached: it pays off on files that repeat an odd number (`n/a`, a
+    switchboard); bounded, so a big import stays small. The fast path is cheaper uncached."""
+    if not raw:
+        return None, "missing-number", None
     international = _E164.fullmatch(raw) is not None
     try:
         number = phonenumbers.parse(raw, None if international else region)
@@ -127,7 +134,7 @@ _SEPARATORS = re.compile(r"[\s().\-]")
 
 def _nanp_e164(raw: str, region: str) -> str | None:
     """The E.164 form of a valid North American number written plainly, else None."""
-    digits = _SEPARATORS.sub("", raw)
+    digits = raw if raw[1:].isdigit() else _SEPARATORS.sub("", raw)  # +1NNNNNNNNNN: most leads
     if digits.startswith("+1"):
         national = digits[2:]
     else:
@@ -179,30 +186,37 @@ class _FirstSeen:
 
     def _allocate(self, bits: int) -> None:
         self._bits = bits
-        self._keys = array("Q", bytes(8 << bits))
-        self._lines = array("I", bytes(4 << bits))
+        self._mask, self._shift = (1 << bits) - 1, 64 - bits
+        self._keys = array("Q", [0]) * (1 << bits)  # no zeroed bytes copied in: half the peak
+        self._lines = array("I", [0]) * (1 << bits)
         self._count = 0
 
     def setdefault(self, number: int, line: int) -> int:
         """Return the line the number was first seen on, recording `line` if it is new."""
-        keys, mask = self._keys, (1 << self._bits) - 1
-        slot = ((number * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - self._bits)
-        while keys[slot]:
-            if keys[slot] == number:
+        keys, mask = self._keys, self._mask
+        slot = ((number * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> self._shift
+        while found := keys[slot]:
+            if found == number:
                 return self._lines[slot]
             slot = (slot + 1) & mask
-        keys[slot], self._lines[slot] = number, line
+        keys[slot] = number
+        self._lines[slot] = line
         self._count += 1
         if self._count * 2 > len(keys):
             self._grow()
         return line
 
     def _grow(self) -> None:
-        old = zip(self._keys, self._lines, strict=True)
+        old_keys, old_lines = self._keys, self._lines
         self._allocate(self._bits + 1)
-        for number, line in old:
+        keys, lines, mask, shift = self._keys, self._lines, self._mask, self._shift
+        for number, line in zip(old_keys, old_lines, strict=True):
             if number:
-                self.setdefault(number, line)
+                slot = ((number * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> shift
+                while keys[slot]:
+                    slot = (slot + 1) & mask
+                keys[slot], lines[slot] = number, line
+                self._count += 1
 
 
 def _check_region(path: Path, region: str) -> str:
@@ -257,7 +271,7 @@ def _text_lines(f: BinaryIO, path: Path, key: str | None = None) -> Iterator[str
             ) from None
         yield text
     if key is not None and "sha256:" + hasher.hexdigest() != key:
-        raise LeadsError(f"{path}: the file changed while it was being read; run the command again")
+        raise LeadsError(_CHANGED.format(path=path))
 
 
 def _first_line(lines: Iterator[str], path: Path) -> str:
@@ -312,10 +326,57 @@ def find_phone_column(columns: list[str], wanted: str, where: str) -> str:
 
 
 def _csv_records(path: Path, delimiter: str, columns: list[str], key: str) -> Iterator[Record]:
+    """Every record of the file, parsed in C from a buffered text stream (four times faster
+    than decoding line by line). A NUL byte or invalid UTF-8 anywhere sends the whole read
+    down the line-by-line path again, which names the line of the first problem, whatever
+    its kind, exactly as if it had read that way from the start."""
+    done = 0
+    try:
+        with _open(path) as f:
+            raw = _Hashed(f)
+            text = io.TextIOWrapper(
+                io.BufferedReader(raw, _CHUNK), encoding="utf-8-sig", newline="\n"
+            )
+            reader = csv.reader(text, delimiter=delimiter, strict=True)
+            next(reader, None)  # the header, already checked
+            for record in _records(reader, columns, path):
+                yield record
+                done += 1
+            if "sha256:" + raw.hasher.hexdigest() != key:
+                raise LeadsError(_CHANGED.format(path=path))
+    except (UnicodeDecodeError, _NulByte):
+        yield from itertools.islice(_line_by_line(path, delimiter, columns, key), done, None)
+
+
+def _line_by_line(path: Path, delimiter: str, columns: list[str], key: str) -> Iterator[Record]:
     with _open(path) as f:
         reader = csv.reader(_text_lines(f, path, key), delimiter=delimiter, strict=True)
-        next(reader, None)  # the header, already checked
+        next(reader, None)
         yield from _records(reader, columns, path)
+
+
+class _NulByte(Exception):
+    """A NUL byte was read: the line-by-line path finds its line."""
+
+
+class _Hashed(io.RawIOBase):
+    """The file's bytes, hashed as they are read (the file must not change after its key was
+    computed) and refused at the first NUL byte (a binary file, not CSV)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._f.read(len(buffer))
+        if b"\x00" in chunk:
+            raise _NulByte
+        self.hasher.update(chunk)
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
 
 
 def _records(reader: Reader, columns: list[str], path: Path) -> Iterator[Record]:
@@ -329,16 +390,16 @@ def _records(reader: Reader, columns: list[str], path: Path) -> Iterator[Record]
             return
         except csv.Error as e:
             raise LeadsError(f"{path}: line {line}: {_csv_problem(e)}") from None
-        if not any(value.strip() for value in row):
-            continue
-        if len(row) > width:
-            raise LeadsError(
-                f"{path}: line {line}: {len(row)} fields but the header has {width} columns; "
-                "quote values that contain the delimiter"
-            )
-        if len(row) < width:
+        if not "".join(row).strip():
+            continue  # a blank row
+        if len(row) != width:
+            if len(row) > width:
+                raise LeadsError(
+                    f"{path}: line {line}: {len(row)} fields but the header has {width} columns; "
+                    "quote values that contain the delimiter"
+                )
             row.extend([""] * (width - len(row)))
-        yield line, dict(zip(columns, row, strict=True))
+        yield line, dict(zip(columns, row, strict=False))  # equal lengths by now
 
 
 def _csv_problem(e: csv.Error) -> str:
