@@ -234,3 +234,39 @@ def test_random_kills_at_n_8_keep_every_promise(tmp_path):
     assert verdict.max_live <= 8
     assert any(r.path.endswith("/Calls.json") and r.method == "GET" and "Status" in r.params
                for r in sim.requests()), "the list-polling path was never taken"  # fmt: skip
+
+
+# -- a signal while the summary is written -------------------------------------------------------
+
+SIGNAL_IN_SUMMARY = """
+import os, signal, sys
+from dialer_cli import report
+from dialer_cli.cli import main
+
+status_object = report.status_object
+
+def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # cron's timeout, systemd's stop: just as the run ended
+    return status_object(*args, **kwargs)
+
+report.status_object = signalled
+sys.argv = ["dialer", "start", "leads.sample.csv", "--simulate", "--sim-speed", "200", "--db",
+            sys.argv[1], "-q"]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_while_the_summary_is_written_changes_nothing(tmp_path):
+    """The run has ended: the summary is printed and the exit code is the run's, not -15."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_SUMMARY, str(tmp_path / "d.db")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.returncode, result.stderr[-500:])
+    assert "run 1 completed in" in result.stdout

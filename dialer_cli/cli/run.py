@@ -155,6 +155,22 @@ def exit_code_of(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+def summarise(store: Store, run_id: int, output: Output, started: float) -> None:
+    """The summary on stdout (or the status object with --json), and what write-back left."""
+    snap = report.status_object(store, run_id, time.time())  # with stats: the cost, too
+    summary = render.summary_line(snap, time.time() - started, snap["stats"]["cost"])
+    output.log(summary)
+    if output.as_json:
+        print(json.dumps({"event": "status", **snap}, ensure_ascii=False))
+    else:
+        print(summary, flush=True)
+    if snap["writeback"] and (snap["writeback"]["pending"] or snap["writeback"]["failed"]):
+        line = writeback_line(run_id, snap["writeback"])
+        output.log(line)
+        if not output.as_json:
+            err.print(line, markup=False)  # also with -q: the CRM is missing outcomes
+
+
 def drive_and_summarise(
     store: Store,
     run_id: int,
@@ -169,8 +185,10 @@ def drive_and_summarise(
     started = time.time()
 
     interrupts = Interrupts(lambda: view.stopping(STOPPING))
-    try:
-        with interrupts.installed():
+    # Installed until the summary is out: a first SIGTERM or Ctrl-C while it is written changes
+    # nothing (the run has ended), where the default action would end the process mid-line.
+    with interrupts.installed():
+        try:
             status = runner.drive(
                 store,
                 run_id,
@@ -183,20 +201,10 @@ def drive_and_summarise(
                 deadline=deadline,
                 tend=tend,
             )
-    finally:
-        view.close()
-    snap = report.status_object(store, run_id, time.time())  # with stats: the cost, too
-    summary = render.summary_line(snap, time.time() - started, snap["stats"]["cost"])
-    output.log(summary)
-    if output.as_json:
-        print(json.dumps({"event": "status", **snap}, ensure_ascii=False))
-    else:
-        print(summary, flush=True)
-    if snap["writeback"] and (snap["writeback"]["pending"] or snap["writeback"]["failed"]):
-        line = writeback_line(run_id, snap["writeback"])
-        output.log(line)
-        if not output.as_json:
-            err.print(line, markup=False)  # also with -q: the CRM is missing outcomes
+        finally:
+            interrupts.notice = lambda: None
+            view.close()
+        summarise(store, run_id, output, started)
     if status == RunStatus.STOPPED:
         output.message(f"run {run_id} stopped; continue it with `dialer resume {run_id}`")
         raise typer.Exit(EXIT_STOPPED)
