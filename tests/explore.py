@@ -639,16 +639,17 @@ class Scenario:
         """A final resume of every unfinished run, all at once (a run whose slots are held by
         another run's unsettled attempts waits for that run's resume), repeated until each run
         completes or only leads whose window is closed remain."""
-        self.start_again()
         for _ in range(8):
             todo = [r for r in self.plan.runs if self.unfinished(r)]
-            if not todo:
+            again = [r for r in self.plan.runs if self.import_died(r)]
+            if not todo and not again:
                 return
             flags = ["--no-wait"] if self.plan.hours else []
             if flags:  # a resume --no-wait exits 3 while a retry waits: let the retry come due
                 due = self.rows("SELECT min(next_at) AS t FROM jobs WHERE wait='retry'")[0]["t"]
                 self.pause(min(max(((due or 0) - self.clock.now()) / SPEED, 0.0), 2.0))
             jobs = [job for r in todo if (job := self.resume(r, "absolute", *flags))]
+            jobs += [self.start(r, "absolute") for r in again]  # it removes the dead import
             end = time.time() + FINAL_CAP
             while any(j.alive() for j in jobs) and time.time() < end:
                 self.pause(0.02)
@@ -660,20 +661,14 @@ class Scenario:
             if any(j.proc.poll() not in (0, 3) for j in jobs):
                 return
 
-    def start_again(self) -> None:
-        """A source whose import never finished (its importer was killed or signalled while the
-        run was still `importing`) has no run: the user's next step is `start` again, which
-        removes the dead import and imports anew."""
-        for r in self.plan.runs:
-            if self.run_id(r.index) is None and any(j.run == r.index for j in self.jobs):
-                job = self.start(r, "absolute")
-                end = time.time() + FINAL_CAP
-                while job.alive() and time.time() < end:
-                    self.pause(0.02)
-                if job.alive():
-                    self.violate("bound", f"{job.proc.name} did not import in {FINAL_CAP} s")
-                    job.killed_by_us = True
-                    job.proc.kill()
+    def import_died(self, r: RunPlan) -> bool:
+        """The source's import never finished (its importer was killed or signalled while the
+        run was still `importing`): it has no run, and the user's next step is `start` again,
+        which removes the dead import and imports anew."""
+        if self.run_id(r.index) is not None:
+            return False
+        rows = self.rows("SELECT source FROM runs WHERE status = 'importing'")
+        return any(str(x["source"]).endswith(self.csv(r).name) for x in rows)
 
     def unfinished(self, r: RunPlan) -> bool:
         run_id = self.run_id(r.index)
