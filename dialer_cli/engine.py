@@ -149,9 +149,10 @@ class Dialer:
         self._poll_due(due, now, tick)
         polls = [self._next_poll.get(c.token, tick.next_wake) for c in live if c.sid]
         tick.next_wake = min([tick.next_wake, *polls])
+        closed = self._closed_zones(now)
         if run.status == RunStatus.RUNNING and not self.draining:
-            self._fill(now, tick, self._closed_zones(now))
-        self._finish_if_done(run.status, now, tick)
+            self._fill(now, tick, closed)
+        self._finish_if_done(run.status, now, tick, closed)
         return tick
 
     def _heartbeat(self, now: float) -> None:
@@ -521,7 +522,9 @@ class Dialer:
 
     # -- endings ------------------------------------------------------------------------------
 
-    def _finish_if_done(self, status: str, now: float, tick: Tick) -> None:
+    def _finish_if_done(
+        self, status: str, now: float, tick: Tick, closed: list[str] | None = None
+    ) -> None:
         """End the run once nothing is in flight: completed, or stopped when asked to stop.
 
         A run found neither `running` nor already `completed` was stopped behind this driver's
@@ -532,7 +535,7 @@ class Dialer:
         in_flight, queued = self.store.pending(self.run_id)
         if in_flight:
             return
-        due = self.store.next_due(self.run_id) if queued else None
+        due = self._next_due(closed or []) if queued else None
         waiting = due is not None and due > now
         stopped = status not in (RunStatus.RUNNING, RunStatus.COMPLETED)
         if stopped or self.draining or (waiting and self.no_wait):
@@ -546,10 +549,21 @@ class Dialer:
                     self._announced_wait = due
                     tick.events.append(Event("waiting", now, self.run_id, {"next_at": due}))
             return
+        for group in closed or []:  # leads requeued after their group was set waiting
+            if group in self._swept:
+                self.store.wait_for_hours(self.run_id, group, self._swept[group], now)
         self.store.set_status(self.run_id, final, now, owner_id=self.owner_id)
         tick.done, tick.status = True, final
         counts = self.store.counts(self.run_id)
         tick.events.append(Event("run-finished", now, self.run_id, {"status": final, **counts}))
+
+    def _next_due(self, closed: list[str]) -> float | None:
+        """When a lead may next be dialled. A lead of a zone group outside its hours waits
+        for the window, whatever its own next_at says: one requeued after the group was swept
+        (a released attempt, a retry come due) is due only when the window opens."""
+        due = self.store.next_due(self.run_id, closed)
+        opens = [self._swept[g] for g in closed if g in self._swept]
+        return min([t for t in (due, *opens) if t is not None], default=None)
 
     def _fail_run(self, message: str, now: float) -> None:
         self.store.set_status(self.run_id, RunStatus.FAILED, now, message, self.owner_id)

@@ -1013,10 +1013,15 @@ class Store:
                 (until, now, run_id, tz, until),
             )
 
-    def next_due(self, run_id: int) -> float | None:
+    def next_due(self, run_id: int, closed_zones: Collection[str] = ()) -> float | None:
+        """When the next lead may be dialled, leaving out the zone groups outside their hours
+        now (the caller knows when those open)."""
+        closed = list(closed_zones)
+        hours = f"AND coalesce(tz, '') NOT IN ({','.join('?' * len(closed))})" if closed else ""
         row = self.read(
-            "SELECT min(next_at) FROM jobs WHERE run_id=? AND state IN ('queued','dialing')",
-            (run_id,),
+            f"SELECT min(next_at) FROM jobs WHERE run_id=? "
+            f"AND state IN ('queued','dialing') {hours}",
+            (run_id, *closed),
         )[0]
         return row[0]
 

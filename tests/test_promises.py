@@ -270,3 +270,26 @@ def test_a_sigterm_while_the_summary_is_written_changes_nothing(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, (result.returncode, result.stderr[-500:])
     assert "run 1 completed in" in result.stdout
+
+
+def test_no_wait_leaves_when_a_lead_is_requeued_after_its_window_closed(store, sim, harness, clock):
+    """Found by the explorer: the window closes while a create's answer is lost; the lead is
+    requeued (no call found) after its zone group was already set waiting, due 'now' in a
+    closed group. `--no-wait` must still leave (exit 3) instead of looping until 09:00."""
+    from dialer_cli.simulator import Faults
+
+    clock.now = datetime(2026, 12, 3, 0, 59, 58, tzinfo=UTC).timestamp()  # Wed 19:59:58 NY
+    run_id = new_run(
+        store, [lead(NY, 2), lead("+12125550102", 3)], concurrency=1,
+        zones=intake.zones_rule("09:00-20:00", "UTC"),
+    )  # fmt: skip
+    h = harness(run_id, rules={"hours": HOURS}, no_wait=True, reconcile_grace=5.0)
+    sim.faults = Faults(p_500=1.0)  # the create is refused unprocessed: an unknown outcome
+    h.tick()
+    clock.advance(5.0)  # 20:00:03: the window has closed; Twilio still answers 500, so the
+    h.tick()  # lead stays unconfirmed while the other lead's group is set waiting
+    sim.faults = Faults()
+    assert h.run_until_done(step=5.0, max_ticks=200) == RunStatus.STOPPED
+    assert "call-not-placed" in [e.kind for e in h.events]
+    assert sim.calls() == []  # nobody was dialled after 20:00
+    assert runner.snapshot(store, run_id, clock.now)["waiting_hours"] == 2
