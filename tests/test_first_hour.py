@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from dialer_cli.cli import app
 from dialer_cli.simulator import CallPlan, Simulator
-from tests.conftest import ROOT, FakeClock, write_config
+from tests.conftest import ROOT, FakeClock, fixed_plan, write_config
 
 runner = CliRunner()
 
@@ -389,7 +389,7 @@ def test_start_warns_about_calling_hours_also_when_simulated(tmp_path):
 
 
 def test_a_concurrency_above_twilio_defaults_is_warned_about(tmp_path):
-    with Simulator() as sim:
+    with Simulator(plan=fixed_plan(ring=0.1, talk=0.1)) as sim:  # one short call
         cfg = write_config(tmp_path / "c.yaml", sim, concurrency=10000, poll_interval=0.02)
         result = invoke("start", leads_csv(tmp_path / "l.csv", 1), "--config", cfg,
                         "--db", tmp_path / "d.db")  # fmt: skip
