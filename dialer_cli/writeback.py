@@ -5,7 +5,8 @@ column of the lead under its own name, plus PARAMETERS. It runs once for each le
 a final state (answered, failed, skipped, needs review). Three promises, and how they are kept:
 
 - Never lost. The lead's final state and a row of the `writeback` outbox are written by the same
-  SQLite transaction (triggers on `jobs`, store.py), whichever path finalised the lead. A row is
+  SQLite transaction (a trigger on `jobs`; the import's chunk for a lead skipped at import,
+  store.py), whichever path finalised the lead. A row is
   marked written only after the source database committed it, so a crash in between writes it
   again: the statement should be idempotent (an UPDATE keyed on the lead).
 - Never in the way. A thread of its own, with its own SQLite and source connections, writes the
