@@ -136,7 +136,7 @@ class _ChunkWriter:
     def __init__(
         self, path: str, conn: sqlite3.Connection, run_id: int, now: float, writeback: bool
     ):
-        self.size = min(1000, IMPORT_CHUNK_ROWS)
+        self.size = IMPORT_CHUNK_ROWS
         self._writeback = writeback
         self._path = path
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=IMPORT_QUEUE)
@@ -231,11 +231,12 @@ class _ChunkWriter:
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            dialling, look_at = False, 0.0
-            ended = False
-            while not ended and (chunk := self._queue.get()) is not None and not self._abandoned:
+            dialling, look_at, ended = False, 0.0, False
+            while not ended and (chunk := self._queue.get()) is not None:
                 if not dialling:  # nobody waits for the lock: fewer, larger transactions
                     chunk, ended = self._join_waiting(chunk)
+                if self._abandoned:
+                    break
                 began = time.perf_counter()
                 self._insert(conn, run_id, now, chunk)
                 self._resize(time.perf_counter() - began if dialling else None)
