@@ -253,6 +253,9 @@ def drive(
     run_ = store.get_run(run_id)
     with lease.RunLock(store.path, run_id) as lock:
         lock.acquire_run(run_)
+        if stop_mode is None and store.get_run(run_id).status == RunStatus.COMPLETED:
+            # its driver finished it between our look and our lock: never mark it running again
+            raise InputError(f"run {run_id} is already completed; nothing to resume")
         owner = uuid.uuid4().hex
         pid, host = lease.identity()
         if concurrency is not None:

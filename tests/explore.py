@@ -844,11 +844,18 @@ class Scenario:
                 "(the lock must not depend on how the path is spelled)",
             )
             self.bound(second, "a second driver was found")
-        elif rc is not None and rc != 4 and holder.alive():
+        elif rc is not None and rc != 4 and holder.alive() and not self.finished_first(second):
             self.violate(
                 "one-driver",
                 f"{second.proc.name} exited {rc}, not 4, while {holder.proc.name} drove the run",
             )
+
+    @staticmethod
+    def finished_first(second: Job) -> bool:
+        """The driver finished the run between the resume's look and its lock (the driver's
+        process may still be printing its summary): exit 2, `already completed`, is the answer."""
+        err = second.proc.err.read_text(errors="replace") if second.proc.err.exists() else ""
+        return second.proc.popen.returncode == 2 and "is already completed" in err
 
     def step_foreign(self, r: RunPlan, a: dict[str, Any]) -> None:
         """Someone else calls the next lead from our number, then the create's answer is lost:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from dialer_cli import prices, render, report, runner
 from dialer_cli import store as store_module
 from dialer_cli.cli import app
+from dialer_cli.errors import InputError
 from dialer_cli.models import RunStatus
 from dialer_cli.simulator import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Simulator
 from dialer_cli.store import Store
@@ -169,3 +170,17 @@ def test_start_json_ends_with_the_status_object_and_its_cost(tmp_path: Path):
     )
     assert last["event"] == "status" and last["stats"]["cost"] == status["stats"]["cost"]
     assert last["stats"]["cost"]["unit"] == "USD"
+
+
+def test_a_run_finished_while_a_resume_waited_for_its_lock_is_not_driven_again(
+    store, priced_sim, clock
+):
+    """`resume` looks at the run, then takes its lock; its driver may finish the run in between
+    (found by the explorer under load: the resume exited 0, having marked it running again). The
+    resume says it is completed, and the run's record stays as its driver left it."""
+    run_id = new_run(store, make_leads(3), concurrency=3)
+    assert drive(store, priced_sim, clock, run_id)[0] == RunStatus.COMPLETED
+    before = store.get_run(run_id)
+    with pytest.raises(InputError, match=f"run {run_id} is already completed; nothing to resume"):
+        drive(store, priced_sim, clock, run_id)
+    assert store.get_run(run_id) == before
