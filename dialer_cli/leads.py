@@ -90,10 +90,7 @@ def to_leads(
     lead = models.Lead
     for line, fields in records:
         phone = fields.get(phone_column, "")
-        raw = phone.strip()  # normalize(), inlined: the fast path needs no call more
-        e164, reason, detail = _nanp_e164(raw, region) if raw else None, None, None
-        if e164 is None:
-            e164, reason, detail = _normalize_slowly(raw, region)
+        e164, reason, detail = normalize(phone, region)
         if e164 is not None:
             first = first_seen(int(e164[1:]), line)
             if first != line:
